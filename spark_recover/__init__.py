@@ -1,0 +1,12 @@
+"""spark-recover: recoverable multi-stage batch jobs on Apache Spark and Delta Lake.
+
+>>> from spark_recover import Job
+>>> job = Job("daily_sales")
+"""
+
+__version__ = "0.1.0"
+
+from .errors import RecoverError  # noqa: E402
+from .job import Job  # noqa: E402
+
+__all__ = ["Job", "RecoverError", "__version__"]

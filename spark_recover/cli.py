@@ -1,0 +1,189 @@
+"""The ``spark-recover`` command line.
+
+Exit codes (DESIGN.md): 0 success; 1 the job failed (a stage raised); 2 bad
+usage or bad input; 3 refused (lease held, conflict). The read-only commands
+(``runs``, ``show``) read the ledger with delta-rs and never start a JVM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Sequence
+
+from .config import Settings, load_settings
+from .errors import RecoverError, UsageError
+
+__all__ = ["main", "job_main", "parse_params"]
+
+
+def parse_params(items: Sequence[str] | None) -> dict[str, str]:
+    """``["day=2026-11-23", "n=5"]`` → ``{"day": "2026-11-23", "n": "5"}``.
+
+    >>> parse_params(["day=2026-11-23"])
+    {'day': '2026-11-23'}
+    """
+    out: dict[str, str] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"malformed parameter {item!r}",
+                             "expected -p key=value (for example -p day=2026-11-23)", arg=item)
+        if key.strip() in out:
+            raise UsageError(f"parameter {key.strip()!r} given twice", "give each -p key once", arg=item)
+        out[key.strip()] = value
+    return out
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", help="where checkpoints and the ledger live "
+                        "(default: $SPARK_RECOVER_ROOT, the conf file, or ./.spark-recover)")
+    parser.add_argument("--conf", help="a TOML settings file (default: conf/spark-recover.toml if present)")
+    parser.add_argument("--verbose", action="store_true", help="show Spark's own logging and progress")
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="a run parameter")
+    parser.add_argument("--resume", action="store_true",
+                        help="resume the latest failed run with the same parameters, if any")
+    parser.add_argument("--rerun", action="append", metavar="STAGE", default=[],
+                        help="recompute STAGE and everything downstream of it")
+    parser.add_argument("--refresh-sources", action="store_true",
+                        help="on a resume, re-pin Delta sources at their current versions")
+    parser.add_argument("--job", help="which Job, when the file defines several")
+    _common(parser)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spark-recover",
+                                     description="Recoverable multi-stage batch jobs on Spark and Delta Lake.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a job file")
+    run.add_argument("job_file")
+    _run_options(run)
+    resume = sub.add_parser("resume", help="replay a failed run from its last good stage")
+    resume.add_argument("run_id")
+    resume.add_argument("-p", "--param", action="append", metavar="KEY=VALUE",
+                        help="override a parameter of the original run")
+    resume.add_argument("--rerun", action="append", metavar="STAGE", default=[])
+    resume.add_argument("--refresh-sources", action="store_true")
+    resume.add_argument("--job-file", help="the job file (default: the one the run recorded)")
+    _common(resume)
+    runs = sub.add_parser("runs", help="list runs")
+    runs.add_argument("--job", help="only runs of this job")
+    runs.add_argument("--json", action="store_true")
+    _common(runs)
+    show = sub.add_parser("show", help="show one run, stage by stage")
+    show.add_argument("run_id")
+    show.add_argument("--json", action="store_true")
+    _common(show)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(conf_file=args.conf, root=args.root, verbose=args.verbose)
+
+
+def _ledger(settings: Settings):
+    from .ledger import Ledger
+    from .storage import Layout
+
+    return Ledger(Layout.at(settings.root, settings.storage_options), settings.dead_after_seconds)
+
+
+def _finish(result) -> int:
+    return 0 if result.status == "succeeded" else 1
+
+
+def _cmd_run(args: argparse.Namespace, job=None) -> int:
+    from .job import load_job
+    from .runner import latest_failed_run, run_job
+
+    settings = _settings(args)
+    params = parse_params(args.param)
+    job = job or load_job(args.job_file, args.job)
+    origin = None
+    if args.resume:
+        origin = latest_failed_run(_ledger(settings), job, params)
+        print(f"resuming failed run {origin.run_id}" if origin else
+              "no failed run with these parameters to resume: starting a new run", flush=True)
+    result = run_job(job, params, settings=settings, resume_from=origin, rerun=args.rerun,
+                     refresh_sources=args.refresh_sources)
+    return _finish(result)
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from .job import load_job
+    from .runner import resume_job
+
+    settings = _settings(args)
+    overrides = parse_params(args.param)
+    origin = _ledger(settings).run(args.run_id)
+    path = args.job_file or origin.job_file
+    if not path:
+        raise UsageError(f"run {args.run_id} recorded no job file", "pass --job-file PATH")
+    job = load_job(path, origin.job)
+    result = resume_job(job, args.run_id, settings=settings, params=overrides, rerun=args.rerun,
+                        refresh_sources=args.refresh_sources)
+    return _finish(result)
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from .report import runs_text
+
+    records = _ledger(_settings(args)).runs(job=args.job)
+    if args.json:
+        print(json.dumps([_summary_json(r) for r in reversed(records)], indent=2))
+    else:
+        print(runs_text(records) if records else "no runs recorded yet")
+    return 0
+
+
+def _summary_json(record) -> dict[str, Any]:
+    data = record.to_json()
+    return {k: data[k] for k in ("run_id", "job", "status", "params", "origin_run_id",
+                                 "started_at", "error", "metrics")}
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from .report import run_text
+
+    record = _ledger(_settings(args)).run(args.run_id)
+    print(json.dumps(record.to_json(), indent=2) if args.json else run_text(record))
+    return 0
+
+
+_COMMANDS = {"run": _cmd_run, "resume": _cmd_resume, "runs": _cmd_runs, "show": _cmd_show}
+
+
+def _guarded(call, *args: Any) -> int:
+    try:
+        return call(*args)
+    except RecoverError as exc:
+        print(f"spark-recover: error: {exc.headline}", file=sys.stderr)
+        if exc.detail:
+            print(f"  {exc.detail}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("spark-recover: interrupted", file=sys.stderr)
+        return 130
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``spark-recover`` console script."""
+    args = _parser().parse_args(argv)
+    return _guarded(_COMMANDS[args.command], args)
+
+
+def job_main(job, argv: Sequence[str]) -> int:
+    """``job.main()``: ``python jobs/x.py -p k=v`` (or under spark-submit) runs that job."""
+    parser = argparse.ArgumentParser(prog=job.file or job.name,
+                                     description=f"Run job {job.name!r} with spark-recover.")
+    _run_options(parser)
+    args = parser.parse_args(argv)
+    return _guarded(_cmd_run, args, job)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

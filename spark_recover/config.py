@@ -1,0 +1,124 @@
+"""Settings: where the root is, how to build a local SparkSession, timings.
+
+Settings come, lowest precedence first, from built-in defaults, a TOML file
+(``--conf FILE``, else ``$SPARK_RECOVER_CONF``, else ``conf/spark-recover.toml``
+under the working directory when it exists), ``$SPARK_RECOVER_ROOT``, and
+explicit arguments (``--root``).
+
+The TOML file has three tables::
+
+    [recover]
+    root = ".spark-recover"        # any Hadoop URI: s3a://bucket/recover, hdfs://...
+    heartbeat_seconds = 10
+    dead_after_seconds = 60
+
+    [spark]                        # used only when spark-recover builds the session
+    "spark.master" = "local[*]"
+    "spark.driver.memory" = "4g"
+
+    [storage_options]              # handed to delta-rs for JVM-free ledger access
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import UsageError
+
+__all__ = ["Settings", "load_settings", "DEFAULT_CONF_FILE"]
+
+DEFAULT_CONF_FILE = Path("conf") / "spark-recover.toml"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Resolved settings of one process.
+
+    >>> Settings(root="/tmp/r").heartbeat_seconds
+    10.0
+    """
+
+    root: str = ".spark-recover"
+    heartbeat_seconds: float = 10.0
+    dead_after_seconds: float = 60.0
+    spark: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    storage_options: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    verbose: bool = False
+    conf_file: str | None = None
+
+    def replace(self, **changes: Any) -> "Settings":
+        return dataclasses.replace(self, **changes)
+
+
+_RECOVER_KEYS = {"root": str, "heartbeat_seconds": (int, float), "dead_after_seconds": (int, float)}
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise UsageError("configuration file not found",
+                         f"expected a TOML file at {str(path)!r}", path=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError("configuration file is not valid TOML",
+                         f"{path}: {exc}", path=str(path)) from None
+
+
+def _from_toml(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    unknown = set(data) - {"recover", "spark", "storage_options"}
+    if unknown:
+        raise UsageError("unknown table in configuration file",
+                         f"{path}: found {sorted(unknown)}, expected only "
+                         "[recover], [spark], [storage_options]", path=str(path))
+    out: dict[str, Any] = {}
+    for key, value in data.get("recover", {}).items():
+        if key not in _RECOVER_KEYS:
+            raise UsageError("unknown setting in configuration file",
+                             f"{path}: [recover] {key!r}; expected one of {sorted(_RECOVER_KEYS)}",
+                             path=str(path), key=key)
+        if not isinstance(value, _RECOVER_KEYS[key]) or isinstance(value, bool):
+            raise UsageError("setting has the wrong type",
+                             f"{path}: [recover] {key} = {value!r}", path=str(path), key=key)
+        out[key] = float(value) if key != "root" else value
+    for table in ("spark", "storage_options"):
+        section = data.get(table, {})
+        if not isinstance(section, dict):
+            raise UsageError("setting has the wrong type",
+                             f"{path}: [{table}] must be a table of key = value", path=str(path))
+        out[table] = {str(k): str(v).lower() if isinstance(v, bool) else str(v)
+                      for k, v in section.items()}
+    if "root" in out and not _is_uri(out["root"]) and not os.path.isabs(out["root"]):
+        # A relative root in a file means relative to where the file's project is,
+        # i.e. the directory that holds conf/ (the working directory by convention).
+        base = path.parent.parent if path.parent.name == "conf" else path.parent
+        out["root"] = str((base / out["root"]).resolve())
+    return out
+
+
+def _is_uri(value: str) -> bool:
+    return "://" in value or value.startswith("file:")
+
+
+def load_settings(conf_file: str | os.PathLike[str] | None = None, root: str | None = None,
+                  verbose: bool = False) -> Settings:
+    """Resolve settings from defaults, a TOML file, the environment and arguments.
+
+    >>> load_settings(root="/tmp/recover").root
+    '/tmp/recover'
+    """
+    values: dict[str, Any] = {}
+    chosen = conf_file or os.environ.get("SPARK_RECOVER_CONF")
+    path = Path(chosen) if chosen else (DEFAULT_CONF_FILE if DEFAULT_CONF_FILE.is_file() else None)
+    if path is not None:
+        values.update(_from_toml(_read_toml(path), path))
+        values["conf_file"] = str(path)
+    env_root = os.environ.get("SPARK_RECOVER_ROOT")
+    if root or env_root:
+        values["root"] = root or env_root
+    values["verbose"] = verbose
+    return Settings(**values)

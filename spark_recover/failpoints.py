@@ -1,0 +1,45 @@
+"""Fault injection: die hard at a named point, the way a killed driver would.
+
+``SPARK_RECOVER_FAILPOINT=<stage>:<point>`` makes the process SIGKILL itself
+when it reaches that point of that stage: no ``finally``, no ledger update, no
+cleanup. Points of a stage:
+
+* ``before``: the stage is marked running, nothing computed yet;
+* ``after_write``: the checkpoint commit is in Delta, the ledger does not know it;
+* ``after_commit``: the ledger has recorded the checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+from typing import Collection
+
+from .errors import UsageError
+
+__all__ = ["ENV", "STAGE_POINTS", "check", "hit"]
+
+ENV = "SPARK_RECOVER_FAILPOINT"
+STAGE_POINTS = ("before", "after_write", "after_commit")
+
+
+def check(stages: Collection[str]) -> tuple[str, str] | None:
+    """Validate ``$SPARK_RECOVER_FAILPOINT`` against a job's stages."""
+    spec = os.environ.get(ENV)
+    if not spec:
+        return None
+    stage, _, point = spec.partition(":")
+    if stage not in stages or point not in STAGE_POINTS:
+        raise UsageError(f"bad {ENV} value {spec!r}",
+                         f"expected <stage>:<point> with stage one of {sorted(stages)} and point "
+                         f"one of {list(STAGE_POINTS)}", value=spec)
+    return stage, point
+
+
+def hit(stage: str, point: str) -> None:
+    """Kill this process if the failpoint names ``stage:point``."""
+    if os.environ.get(ENV) == f"{stage}:{point}":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGKILL)

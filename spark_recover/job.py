@@ -1,0 +1,280 @@
+"""Job definitions: sources and stages, validated the moment they are declared.
+
+>>> from spark_recover import Job
+>>> job = Job("daily_sales")
+>>> orders = job.source("orders", path="{data}/orders")
+>>> @job.stage
+... def cleaned(orders):
+...     return orders.where("amount > 0")
+>>> [s.name for s in job.stages]
+['cleaned']
+"""
+
+from __future__ import annotations
+
+import inspect
+import keyword
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar, overload
+
+from .errors import JobDefinitionError
+from .fingerprint import visible_params
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .runner import RunResult
+
+__all__ = ["Job", "Source", "Stage", "INJECTABLE", "load_job"]
+
+INJECTABLE = ("params", "spark")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+_JOB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Source:
+    """An input table. A Delta source is pinned to its version at run start.
+
+    ``path`` may hold ``{param}`` placeholders, filled from the run parameters.
+    Non-Delta sources (``format="parquet"``, ...) are fingerprinted by their
+    file listing.
+    """
+
+    name: str
+    path: str | None = None
+    table: str | None = None
+    format: str = "delta"
+    options: Mapping[str, str] = field(default_factory=dict)
+
+    def location(self, params: Mapping[str, Any]) -> str:
+        """The path (placeholders filled) or table name this source reads."""
+        if self.table is not None:
+            return self.table
+        assert self.path is not None
+        try:
+            return self.path.format_map(dict(params))
+        except KeyError as exc:
+            from .errors import UsageError
+            raise UsageError(f"source {self.name!r} needs parameter {exc.args[0]!r}",
+                             f"its path is {self.path!r}; given parameters: "
+                             f"{sorted(params) or 'none'}", source=self.name,
+                             missing=exc.args[0]) from None
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A function from input DataFrames to one output DataFrame."""
+
+    name: str
+    func: Callable[..., Any]
+    inputs: tuple[str, ...]
+    wants_params: bool
+    wants_spark: bool
+    visible_params: frozenset[str] | None
+
+
+def _check_name(kind: str, name: Any, pattern: re.Pattern[str] = _NAME) -> None:
+    if not isinstance(name, str) or not pattern.match(name) or keyword.iskeyword(name):
+        raise JobDefinitionError(
+            f"bad {kind} name {name!r}",
+            f"expected letters, digits and underscores, starting with a letter or underscore"
+            f"{' (dots and dashes allowed)' if pattern is _JOB_NAME else ''}, at most 64 characters",
+            kind=kind, name=name)
+
+
+class Job:
+    """A named pipeline of stages over sources.
+
+    Stages are declared in dependency order: a stage's parameters name sources
+    or earlier stages (plus the injectables ``params`` and ``spark``), so a
+    misspelled input or a cycle fails when the job file is imported.
+
+    >>> job = Job("example")
+    >>> job.name
+    'example'
+    """
+
+    def __init__(self, name: str) -> None:
+        _check_name("job", name, _JOB_NAME)
+        self.name = name
+        caller = sys._getframe(1).f_globals
+        self.file: str | None = caller.get("__file__")
+        self._sources: dict[str, Source] = {}
+        self._stages: dict[str, Stage] = {}
+
+    def __repr__(self) -> str:
+        return f"Job({self.name!r}, sources={list(self._sources)}, stages={list(self._stages)})"
+
+    @property
+    def sources(self) -> list[Source]:
+        return list(self._sources.values())
+
+    @property
+    def stages(self) -> list[Stage]:
+        """Stages in declaration order, which is a topological order."""
+        return list(self._stages.values())
+
+    def _check_new(self, kind: str, name: str) -> None:
+        _check_name(kind, name)
+        if name in INJECTABLE:
+            raise JobDefinitionError(f"{kind} name {name!r} is reserved",
+                                     f"{INJECTABLE} are injected into stages; choose another name",
+                                     kind=kind, name=name)
+        if name in self._sources or name in self._stages:
+            what = "source" if name in self._sources else "stage"
+            raise JobDefinitionError(f"duplicate name {name!r} in job {self.name!r}",
+                                     f"a {what} named {name!r} is already defined; "
+                                     "every source and stage needs its own name",
+                                     kind=kind, name=name)
+
+    def source(self, name: str, *, path: str | None = None, table: str | None = None,
+               format: str = "delta", options: Mapping[str, str] | None = None) -> Source:
+        """Declare an input table read by path or by catalog table name.
+
+        >>> job = Job("j")
+        >>> job.source("orders", path="data/orders").format
+        'delta'
+        """
+        self._check_new("source", name)
+        if (path is None) == (table is None):
+            raise JobDefinitionError(f"source {name!r} needs exactly one location",
+                                     f"expected path=... or table=..., found "
+                                     f"path={path!r}, table={table!r}", name=name)
+        if table is not None and format != "delta":
+            raise JobDefinitionError(f"source {name!r}: a catalog table must be Delta",
+                                     f"found format={format!r}; read other formats by path",
+                                     name=name)
+        src = Source(name=name, path=path, table=table, format=format, options=dict(options or {}))
+        self._sources[name] = src
+        return src
+
+    @overload
+    def stage(self, func: F) -> F: ...
+    @overload
+    def stage(self, func: None = None, *, name: str | None = None) -> Callable[[F], F]: ...
+
+    def stage(self, func: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
+        """Register a stage; works as ``@job.stage`` and ``@job.stage(name=...)``.
+
+        The function is returned unchanged, so it stays testable on its own.
+        """
+        def register(fn: F) -> F:
+            self._add_stage(fn, name or getattr(fn, "__name__", None))
+            return fn
+        return register(func) if func is not None else register
+
+    def _add_stage(self, fn: Callable[..., Any], name: Any) -> None:
+        if not callable(fn):
+            raise JobDefinitionError("a stage must be a function",
+                                     f"found {type(fn).__name__}", found=type(fn).__name__)
+        self._check_new("stage", name)
+        inputs: list[str] = []
+        for pname, param in inspect.signature(fn).parameters.items():
+            if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD, param.POSITIONAL_ONLY):
+                raise JobDefinitionError(
+                    f"stage {name!r} has an unsupported parameter {pname!r}",
+                    "expected plain named parameters (inputs by name, plus params/spark); "
+                    "found *args, **kwargs or a positional-only parameter", stage=name, param=pname)
+            if pname in INJECTABLE:
+                continue
+            if pname == name:
+                raise JobDefinitionError(f"stage {name!r} reads itself",
+                                         "a stage cannot take its own output as input (a cycle)",
+                                         stage=name, input=pname)
+            if pname not in self._sources and pname not in self._stages:
+                known = sorted(self._sources) + sorted(self._stages)
+                raise JobDefinitionError(
+                    f"stage {name!r} takes unknown input {pname!r}",
+                    f"expected a source or an earlier stage of job {self.name!r}: "
+                    f"{', '.join(known) or 'none defined yet'}. Declare a stage before the "
+                    "stages that read it.", stage=name, input=pname, known=known)
+            inputs.append(pname)
+        params = inspect.signature(fn).parameters
+        self._stages[name] = Stage(
+            name=name, func=fn, inputs=tuple(inputs), wants_params="params" in params,
+            wants_spark="spark" in params, visible_params=visible_params(fn))
+
+    def downstream(self, names: Sequence[str]) -> set[str]:
+        """The named stages and every stage that depends on them."""
+        unknown = [n for n in names if n not in self._stages]
+        if unknown:
+            raise JobDefinitionError(f"unknown stage {unknown[0]!r} in job {self.name!r}",
+                                     f"expected one of {list(self._stages)}", stage=unknown[0])
+        out = set(names)
+        for stage in self.stages:
+            if any(i in out for i in stage.inputs):
+                out.add(stage.name)
+        return out
+
+    # Running is delegated to the runner; these are the notebook/test front door.
+    def run(self, params: Mapping[str, Any] | None = None, **options: Any) -> "RunResult":
+        """Run the job (``resume_from=RUN_ID`` and ``rerun=[STAGE]`` replay a run).
+
+        Uses the active SparkSession or builds a local one. Options: ``root``,
+        ``settings``, ``resume_from``, ``rerun``, ``refresh_sources``, ``echo``.
+
+        >>> result = job.run(params={"day": "2026-11-23"})   # doctest: +SKIP
+        >>> result.status   # doctest: +SKIP
+        'succeeded'
+        """
+        from .runner import run_job
+        return run_job(self, params or {}, **options)
+
+    def resume(self, run_id: str, **options: Any) -> "RunResult":
+        """Replay run ``run_id`` as a new run, reusing what is still valid.
+
+        >>> job.resume("20261125T101500Z-1a2b3c")   # doctest: +SKIP
+        """
+        from .runner import resume_job
+        return resume_job(self, run_id, **options)
+
+    def main(self, argv: Sequence[str] | None = None) -> None:
+        """The ``spark-recover run`` CLI for this job file (works under spark-submit)."""
+        from .cli import job_main
+        raise SystemExit(job_main(self, list(sys.argv[1:] if argv is None else argv)))
+
+
+def load_job(path: str, name: str | None = None) -> Job:
+    """Import a job file (not as ``__main__``) and return the Job it defines.
+
+    >>> job = load_job("jobs/demo_sales.py")   # doctest: +SKIP
+    """
+    import importlib.util
+    import os
+
+    from .errors import JobFileError
+
+    if not os.path.isfile(path):
+        raise JobFileError(f"job file not found: {path}",
+                           "expected a Python file that defines a spark_recover.Job", path=path)
+    path = os.path.abspath(path)
+    module_name = "spark_recover_job_" + re.sub(r"\W", "_", path) + f"_{os.stat(path).st_mtime_ns}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise JobFileError(f"cannot import {path}", "expected a .py file", path=path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, os.path.dirname(path))
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except JobDefinitionError:
+        raise
+    except Exception as exc:
+        raise JobFileError(f"job file {path} failed to import",
+                           f"{type(exc).__name__}: {exc}", path=path) from exc
+    finally:
+        sys.path.remove(os.path.dirname(path))
+    jobs = {v.name: v for v in vars(module).values() if isinstance(v, Job)}
+    if not jobs:
+        raise JobFileError(f"job file {path} defines no Job",
+                           "expected a module-level `job = Job(\"name\")` with stages", path=path)
+    if name is None and len(jobs) > 1:
+        raise JobFileError(f"job file {path} defines several jobs",
+                           f"found {sorted(jobs)}; choose one with --job NAME", path=path)
+    if name is not None and name not in jobs:
+        raise JobFileError(f"job file {path} has no job {name!r}", f"found {sorted(jobs)}", path=path)
+    job = jobs[name] if name else next(iter(jobs.values()))
+    job.file = path
+    return job

@@ -1,0 +1,322 @@
+"""The ledger: a durable, append-only record of runs and stages.
+
+It is a plain Delta table (``<root>/ledger/events``) of events, written with
+delta-rs from the driver, one atomic commit per event. A SIGKILL at any
+instant therefore leaves whole events only: the state of a run is a fold of
+its events, and a run that stopped without a ``run_finished`` event is
+recognised as dead by its process id (same host) or by its missing heartbeat.
+
+Reading needs no JVM (``spark-recover runs`` and ``show``), and Spark SQL
+reads the same table::
+
+    SELECT run_id, stage, event, version, rows, seconds
+    FROM delta.`<root>/ledger/events` ORDER BY ts
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+import pyarrow as pa
+
+from .errors import LedgerError, UnknownRunError
+from .storage import Layout, native_uri
+
+__all__ = ["Ledger", "RunRecord", "StageRecord", "Heartbeat", "SCHEMA", "apply_event", "this_process"]
+
+SCHEMA = pa.schema([
+    ("run_id", pa.string()),
+    ("job", pa.string()),
+    ("event", pa.string()),
+    ("stage", pa.string()),
+    ("status", pa.string()),
+    ("ts", pa.timestamp("us", tz="UTC")),
+    ("version", pa.int64()),
+    ("rows", pa.int64()),
+    ("seconds", pa.float64()),
+    ("fingerprint", pa.string()),
+    ("checkpoint", pa.string()),
+    ("reason", pa.string()),
+    ("error", pa.string()),
+    ("detail", pa.string()),  # JSON: whatever else the event carries
+])
+_TABLE_CONF = {"delta.checkpointInterval": "20"}
+_COMPACT_ABOVE_FILES = 200
+
+
+def _proc_start(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return None if fields[0] in ("Z", "X") else fields[19]
+    except (OSError, IndexError):
+        return None
+
+
+def this_process() -> dict[str, Any]:
+    """Host, pid and process start time: enough to tell if a run's driver is alive."""
+    pid = os.getpid()
+    return {"host": socket.gethostname(), "pid": pid, "proc_start": _proc_start(pid)}
+
+
+@dataclass
+class StageRecord:
+    """What the ledger knows of one stage of one run."""
+
+    name: str
+    status: str = "pending"  # pending, running, succeeded, failed
+    reused: bool = False
+    version: int | None = None
+    rows: int | None = None
+    seconds: float | None = None
+    reason: str | None = None
+    fingerprint: str | None = None
+    checkpoint: str | None = None
+    error: str | None = None
+    parts: dict[str, Any] = field(default_factory=dict)
+    from_run: str | None = None  # the run whose computation produced the checkpoint
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "status": self.status, "reused": self.reused,
+                "version": self.version, "seconds": self.seconds, "reason": self.reason,
+                "rows": self.rows, "fingerprint": self.fingerprint,
+                "checkpoint": self.checkpoint, "from_run": self.from_run, "error": self.error}
+
+
+@dataclass
+class RunRecord:
+    """What the ledger knows of one run, folded from its events."""
+
+    run_id: str
+    job: str
+    params: dict[str, Any] = field(default_factory=dict)
+    params_key: str = ""
+    origin_run_id: str | None = None
+    job_file: str | None = None
+    started_at: dt.datetime | None = None
+    last_seen: dt.datetime | None = None
+    finished: bool = False
+    final_status: str | None = None
+    total_seconds: float | None = None
+    error: str | None = None
+    process: dict[str, Any] = field(default_factory=dict)
+    sources: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    stages: dict[str, StageRecord] = field(default_factory=dict)
+    dead_after: float = 60.0
+
+    @property
+    def alive(self) -> bool:
+        """Whether an unfinished run's driver still runs (by pid, else by heartbeat)."""
+        if self.finished:
+            return False
+        proc = self.process
+        if proc.get("host") == socket.gethostname() and proc.get("pid"):
+            start = _proc_start(int(proc["pid"]))
+            return start is not None and start == proc.get("proc_start")
+        if self.last_seen is None:
+            return False
+        age = (dt.datetime.now(dt.timezone.utc) - self.last_seen).total_seconds()
+        return age <= self.dead_after
+
+    @property
+    def status(self) -> str:
+        """``running``, ``succeeded``, ``failed`` (a dead run counts as failed)."""
+        if self.finished:
+            return self.final_status or "failed"
+        return "running" if self.alive else "failed"
+
+    @property
+    def died(self) -> bool:
+        return not self.finished and not self.alive
+
+    def stage_list(self) -> list[StageRecord]:
+        """Stages in order; in a dead run, the stage caught mid-flight shows as failed."""
+        if not self.died:
+            return list(self.stages.values())
+        return [dataclasses.replace(st, status="failed", reason="the run's process died during this stage")
+                if st.status == "running" else st for st in self.stages.values()]
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``show --json`` object (DESIGN.md)."""
+        error = self.error
+        if self.died:
+            error = error or (f"the run's process died (last seen {_iso(self.last_seen)}; "
+                              f"host {self.process.get('host')}, pid {self.process.get('pid')})")
+        metrics = {"total_seconds": self.total_seconds, **self.metrics}
+        return {"run_id": self.run_id, "job": self.job, "status": self.status,
+                "params": self.params, "origin_run_id": self.origin_run_id,
+                "started_at": _iso(self.started_at), "last_seen": _iso(self.last_seen),
+                "job_file": self.job_file, "error": error,
+                "stages": [s.to_json() for s in self.stage_list()],
+                "sinks": [], "sources": self.sources, "metrics": metrics}
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def apply_event(run: RunRecord, ev: Mapping[str, Any]) -> None:
+    """Fold one event into a run record (the one place that gives events meaning)."""
+    detail = json.loads(ev["detail"]) if ev.get("detail") else {}
+    kind, ts = ev["event"], ev["ts"]
+    run.last_seen = max(run.last_seen, ts) if run.last_seen else ts
+    if kind == "run_started":
+        run.started_at = ts
+        run.params = detail.get("params", {})
+        run.params_key = detail.get("params_key", "")
+        run.origin_run_id = detail.get("origin_run_id")
+        run.job_file = detail.get("job_file")
+        run.process = detail.get("process", {})
+        run.sources = detail.get("sources", {})
+        for name in detail.get("stages", []):
+            run.stages.setdefault(name, StageRecord(name))
+    elif kind == "run_finished":
+        run.finished = True
+        run.final_status = ev.get("status")
+        run.total_seconds = ev.get("seconds")
+        run.error = ev.get("error")
+        run.metrics.update(detail.get("metrics", {}))
+    elif ev.get("stage"):
+        st = run.stages.setdefault(ev["stage"], StageRecord(ev["stage"]))
+        if kind == "stage_started":
+            st.status = "running"
+        elif kind in ("stage_succeeded", "stage_reused", "stage_failed"):
+            st.status = "failed" if kind == "stage_failed" else "succeeded"
+            st.reused = kind == "stage_reused"
+            for attr in ("version", "rows", "seconds", "reason", "fingerprint", "checkpoint", "error"):
+                if ev.get(attr) is not None:
+                    setattr(st, attr, ev[attr])
+            st.parts = detail.get("parts", st.parts)
+            st.from_run = detail.get("from_run", st.from_run)
+
+
+class Ledger:
+    """Append events and fold them into run records.
+
+    >>> from spark_recover.storage import Layout
+    >>> ledger = Ledger(Layout.at("/tmp/recover"))   # doctest: +SKIP
+    >>> [r.run_id for r in ledger.runs(job="daily_sales")]   # doctest: +SKIP
+    """
+
+    def __init__(self, layout: Layout, dead_after: float = 60.0) -> None:
+        self.uri = native_uri(layout.ledger)
+        self.storage_options = dict(layout.storage_options or {}) or None
+        self.dead_after = dead_after
+        self._lock = threading.Lock()
+        self._table = None
+        self.last_write = 0.0
+
+    # -- writing ---------------------------------------------------------
+    def _open_for_write(self):
+        import deltalake
+
+        if self._table is None:
+            try:
+                self._table = deltalake.DeltaTable.create(
+                    self.uri, SCHEMA, mode="ignore", configuration=_TABLE_CONF,
+                    storage_options=self.storage_options)
+            except Exception:  # another process created it first
+                self._table = deltalake.DeltaTable(self.uri, storage_options=self.storage_options)
+        return self._table
+
+    def append(self, run_id: str, job: str, event: str, **values: Any) -> dict[str, Any]:
+        """Append one event as one Delta commit (atomic: it is there whole or not at all)."""
+        import deltalake
+
+        detail = values.pop("detail", None)
+        row: dict[str, Any] = {name: None for name in SCHEMA.names}
+        row.update(values, run_id=run_id, job=job, event=event,
+                   ts=dt.datetime.now(dt.timezone.utc),
+                   detail=json.dumps(detail, sort_keys=True, default=str) if detail else None)
+        batch = pa.Table.from_pylist([row], schema=SCHEMA)
+        with self._lock:
+            table = self._open_for_write()
+            try:
+                deltalake.write_deltalake(table, batch, mode="append")
+            except Exception as exc:
+                raise LedgerError("could not append to the ledger",
+                                  f"writing event {event!r} of run {run_id} to {self.uri}: {exc}",
+                                  uri=self.uri) from exc
+            self.last_write = time.monotonic()
+        return row
+
+    def compact(self) -> None:
+        """Merge the ledger's small per-event files once there are many (keeps reads fast)."""
+        with self._lock:
+            table = self._open_for_write()
+            try:
+                table.update_incremental()
+                if len(table.file_uris()) > _COMPACT_ABOVE_FILES:
+                    table.optimize.compact()
+            except Exception:  # a concurrent compaction won; nothing is lost
+                pass
+
+    # -- reading ---------------------------------------------------------
+    def _events(self, run_id: str | None = None) -> list[dict[str, Any]]:
+        import deltalake
+        import pyarrow.dataset as ds
+
+        try:
+            table = deltalake.DeltaTable(self.uri, storage_options=self.storage_options)
+        except deltalake.exceptions.TableNotFoundError:
+            return []
+        except Exception as exc:
+            raise LedgerError("could not read the ledger", f"{self.uri}: {exc}", uri=self.uri) from exc
+        dataset = table.to_pyarrow_dataset()
+        flt = ds.field("run_id") == run_id if run_id else None
+        rows = dataset.to_table(filter=flt).sort_by("ts").to_pylist()
+        return rows
+
+    def _fold(self, events: Iterable[Mapping[str, Any]]) -> dict[str, RunRecord]:
+        runs: dict[str, RunRecord] = {}
+        for ev in events:
+            run = runs.get(ev["run_id"])
+            if run is None:
+                run = runs[ev["run_id"]] = RunRecord(ev["run_id"], ev["job"], dead_after=self.dead_after)
+            apply_event(run, ev)
+        return {k: r for k, r in runs.items() if r.started_at is not None}
+
+    def run(self, run_id: str) -> RunRecord:
+        """The record of one run; :class:`UnknownRunError` if the ledger has none."""
+        found = self._fold(self._events(run_id)).get(run_id)
+        if found is None:
+            raise UnknownRunError(f"unknown run id {run_id!r}",
+                                  f"the ledger at {self.uri} has no run with that id; "
+                                  "`spark-recover runs` lists the known ones", run_id=run_id)
+        return found
+
+    def runs(self, job: str | None = None) -> list[RunRecord]:
+        """All runs (of one job), oldest first."""
+        runs = self._fold(self._events()).values()
+        return sorted((r for r in runs if job is None or r.job == job),
+                      key=lambda r: r.started_at or dt.datetime.min.replace(tzinfo=dt.timezone.utc))
+
+
+class Heartbeat(threading.Thread):
+    """Appends a heartbeat event while a run is quiet, so a dead driver is noticed."""
+
+    def __init__(self, ledger: Ledger, run_id: str, job: str, every: float) -> None:
+        super().__init__(name=f"spark-recover-heartbeat-{run_id}", daemon=True)
+        self.ledger, self.run_id, self.job, self.every = ledger, run_id, job, every
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.every / 2):
+            if time.monotonic() - self.ledger.last_write >= self.every:
+                try:
+                    self.ledger.append(self.run_id, self.job, "heartbeat")
+                except LedgerError:
+                    pass  # the next beat, or the run's own next event, tries again
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=self.every)

@@ -1,0 +1,88 @@
+"""The plan of a run: stage order, fingerprints, and what a replay may reuse.
+
+The reuse rule (DESIGN.md semantics 2, as Metaflow's resume): a stage is reused
+only if it succeeded in the origin run, its fingerprint is unchanged, every
+input stage was reused too, and its checkpoint is still whole. Anything
+recomputed forces its downstream to recompute. Each decision carries its reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Collection, Mapping
+
+from . import __version__
+from .fingerprint import code_hash, explain_change, stage_fingerprint
+from .job import Job, Stage
+from .ledger import RunRecord, StageRecord
+
+__all__ = ["StagePlan", "plan_run"]
+
+
+@dataclass
+class StagePlan:
+    """One stage's place in a run: its fingerprint and whether to reuse a checkpoint."""
+
+    stage: Stage
+    parts: dict[str, Any]
+    fingerprint: str
+    reuse: bool = False
+    reason: str | None = None      # why it is recomputed (None on a fresh run)
+    origin: StageRecord | None = None
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
+
+
+def _parts(stage: Stage, params: Mapping[str, Any], pins: Mapping[str, Any],
+           fingerprints: Mapping[str, str]) -> dict[str, Any]:
+    keys = sorted(params) if stage.visible_params is None else sorted(stage.visible_params)
+    return {
+        "code": code_hash(stage.func),
+        "params": {k: params.get(k) for k in keys},
+        "inputs": {i: fingerprints[i] for i in stage.inputs if i in fingerprints},
+        "sources": {i: pins[i] for i in stage.inputs if i in pins},
+        "library": __version__,
+    }
+
+
+def plan_run(job: Job, params: Mapping[str, Any], pins: Mapping[str, Any],
+             origin: RunRecord | None = None, rerun: Collection[str] = (),
+             verify: Callable[[StageRecord], str | None] = lambda _: None) -> list[StagePlan]:
+    """Plan every stage of ``job``; with an ``origin`` run, decide what to reuse.
+
+    ``verify`` checks a candidate checkpoint and returns what is wrong with it
+    (it is called only for stages that would otherwise be reused).
+    """
+    forced = job.downstream(list(rerun)) if rerun else set()
+    fingerprints: dict[str, str] = {}
+    reused: set[str] = set()
+    plans: list[StagePlan] = []
+    for stage in job.stages:
+        parts = _parts(stage, params, pins, fingerprints)
+        plan = StagePlan(stage, parts, stage_fingerprint(parts))
+        fingerprints[stage.name] = plan.fingerprint
+        plans.append(plan)
+        if origin is None:
+            continue
+        before = plan.origin = origin.stages.get(stage.name)
+        recomputed_inputs = [i for i in stage.inputs if i in fingerprints and i not in reused]
+        if stage.name in forced:
+            plan.reason = ("forced by --rerun" if stage.name in rerun else
+                           f"upstream of it was forced by --rerun {', '.join(rerun)}")
+        elif before is None or before.status != "succeeded":
+            state = "failed" if before is not None and before.status == "failed" else "did not complete"
+            plan.reason = f"it {state} in run {origin.run_id}"
+        elif before.fingerprint != plan.fingerprint:
+            plan.reason = explain_change(before.parts, parts)
+        elif recomputed_inputs:
+            plan.reason = f"input {recomputed_inputs[0]!r} was recomputed"
+        else:
+            problem = verify(before)
+            if problem:
+                plan.reason = f"its checkpoint is damaged: {problem}"
+            else:
+                plan.reuse = True
+                reused.add(stage.name)
+    return plans

@@ -1,0 +1,226 @@
+"""The SparkSession spark-recover runs in.
+
+An active session (spark-submit, a notebook, a test fixture) is reused as it
+is, after checking that Delta Lake is enabled in it. Otherwise a local session
+is built from settings, with the Delta jars resolved once from Maven Central by
+Spark's own resolver and cached: later sessions, and child processes (which
+inherit ``$SPARK_RECOVER_JARS``), start without running Ivy again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.metadata
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .config import Settings
+from .errors import SessionError
+
+__all__ = ["get_spark", "resolve_delta_jars", "delta_coordinate", "local_confs"]
+
+_DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
+_DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+_QUIET_LOG4J = Path(__file__).with_name("log4j2-quiet.properties")
+JARS_ENV = "SPARK_RECOVER_JARS"
+
+
+def delta_coordinate() -> str:
+    """The Maven coordinate of the Delta jar that matches the installed delta-spark."""
+    from delta.pip_utils import configure_spark_with_delta_pip
+    from pyspark.sql import SparkSession
+
+    builder = configure_spark_with_delta_pip(SparkSession.builder)
+    packages = builder._options.get("spark.jars.packages", "")  # set by delta, read back
+    return packages.split(",")[0]
+
+
+def _cache_dir() -> Path:
+    base = os.environ.get("SPARK_RECOVER_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "spark-recover")
+    return Path(base)
+
+
+def _jar_list_file() -> Path:
+    spark_v = importlib.metadata.version("pyspark")
+    delta_v = importlib.metadata.version("delta-spark")
+    return _cache_dir() / f"jars-spark{spark_v}-delta{delta_v}.json"
+
+
+def _existing(paths: list[str]) -> bool:
+    return bool(paths) and all(os.path.isfile(re.sub(r"^file:(//)?", "", p)) for p in paths)
+
+
+def resolve_delta_jars() -> list[str]:
+    """Local paths of the Delta jars (and their dependencies) for this pyspark.
+
+    Resolution runs Spark's resolver once, in a child process whose Ivy output
+    is captured, under a file lock (parallel resolutions can corrupt the Ivy
+    cache). The result is cached per pyspark/delta-spark version and exported
+    in ``$SPARK_RECOVER_JARS`` for child processes.
+
+    >>> jars = resolve_delta_jars()   # doctest: +SKIP
+    >>> any("delta-spark" in j for j in jars)   # doctest: +SKIP
+    True
+    """
+    from_env = [p for p in os.environ.get(JARS_ENV, "").split(",") if p]
+    if _existing(from_env):
+        return from_env
+    listing = _jar_list_file()
+    listing.parent.mkdir(parents=True, exist_ok=True)
+    with open(listing.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        jars = json.loads(listing.read_text()) if listing.is_file() else []
+        if not _existing(jars):
+            jars = _resolve_in_child()
+            tmp = listing.with_suffix(".tmp")
+            tmp.write_text(json.dumps(jars))
+            tmp.replace(listing)
+    os.environ[JARS_ENV] = ",".join(jars)
+    return jars
+
+
+def _resolve_in_child() -> list[str]:
+    proc = subprocess.run([sys.executable, "-m", "spark_recover.session", "--resolve"],
+                          capture_output=True, text=True, env={**os.environ, JARS_ENV: ""})
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("JARS=")]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
+        raise SessionError(
+            "could not resolve the Delta Lake jars",
+            f"expected Spark's resolver to fetch {delta_coordinate()} from Maven Central "
+            f"(cached in ~/.ivy2.5.2); it failed:\n{tail}\n"
+            f"Check network access to Maven Central, or set {JARS_ENV} to a comma-separated "
+            "list of the Delta jars.", coordinate=delta_coordinate())
+    return [p for p in lines[-1][len("JARS="):].split(",") if p]
+
+
+def _check_java() -> None:
+    java_home = os.environ.get("JAVA_HOME")
+    java = os.path.join(java_home, "bin", "java") if java_home else shutil.which("java")
+    if not java or not os.path.exists(java):
+        raise SessionError(
+            "Java not found",
+            "Spark needs Java 17 or newer: found no `java` on PATH"
+            + (f" and none at JAVA_HOME={java_home}" if java_home else " and JAVA_HOME is unset")
+            + ". Install OpenJDK 17 (Debian/Ubuntu: apt-get install openjdk-17-jre-headless) "
+            "or set JAVA_HOME.")
+    out = subprocess.run([java, "-version"], capture_output=True, text=True)
+    match = re.search(r'version "(\d+)(?:\.(\d+))?', out.stderr + out.stdout)
+    major = int(match.group(1)) if match else 0
+    if major == 1 and match and match.group(2):
+        major = int(match.group(2))
+    if major < 17:
+        raise SessionError("Java is too old",
+                           f"Spark 4 needs Java 17 or newer, found {java} reporting "
+                           f"version {major or 'unknown'}. Install OpenJDK 17 or set JAVA_HOME.",
+                           java=java, major=major)
+
+
+def local_confs(settings: Settings, jars: list[str]) -> dict[str, str]:
+    """Spark confs of a locally built session: Delta on, UI off, quiet, small shuffles."""
+    confs = {
+        "spark.master": "local[*]",
+        "spark.app.name": "spark-recover",
+        "spark.jars": ",".join(jars),
+        "spark.sql.extensions": _DELTA_EXTENSION,
+        "spark.sql.catalog.spark_catalog": _DELTA_CATALOG,
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "true" if settings.verbose else "false",
+        "spark.sql.shuffle.partitions": "8",
+        "spark.databricks.delta.snapshotPartitions": "2",
+        "spark.sql.session.timeZone": "UTC",
+    }
+    if not settings.verbose:
+        confs["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{_QUIET_LOG4J}"
+    confs.update(settings.spark)
+    return confs
+
+
+@contextlib.contextmanager
+def _jvm_output_to(path: Path | None) -> Iterator[None]:
+    """Send the JVM's stdout/stderr to ``path`` (it inherits fds 1 and 2 at launch)."""
+    if path is None:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def _check_delta_enabled(spark) -> None:
+    extensions = spark.conf.get("spark.sql.extensions", "") or ""
+    if _DELTA_EXTENSION not in extensions:
+        raise SessionError(
+            "the active SparkSession has no Delta Lake",
+            f"expected spark.sql.extensions to include {_DELTA_EXTENSION}, found "
+            f"{extensions or 'nothing'}. With spark-submit pass --packages {delta_coordinate()} "
+            f"--conf spark.sql.extensions={_DELTA_EXTENSION} "
+            f"--conf spark.sql.catalog.spark_catalog={_DELTA_CATALOG}")
+
+
+def get_spark(settings: Settings):
+    """Return the active SparkSession (checked for Delta), or build a local one.
+
+    >>> from spark_recover.config import Settings
+    >>> spark = get_spark(Settings())   # doctest: +SKIP
+    """
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is None and (SparkContext._active_spark_context is not None
+                           or os.environ.get("PYSPARK_GATEWAY_PORT")):
+        # A context exists (another thread made it) or spark-submit launched us:
+        # its configuration is the user's, we only attach to it.
+        active = SparkSession.builder.getOrCreate()
+    if active is not None:
+        _check_delta_enabled(active)
+        return active
+    _check_java()
+    jars = resolve_delta_jars()
+    builder = SparkSession.builder
+    for key, value in local_confs(settings, jars).items():
+        builder = builder.config(key, value)
+    log = None if settings.verbose else Path(tempfile.gettempdir()) / "spark-recover" / f"driver-{os.getpid()}.log"
+    try:
+        with _jvm_output_to(log):
+            return builder.getOrCreate()
+    except Exception as exc:  # the JVM did not start: say where its output went
+        raise SessionError("could not start a local SparkSession",
+                           f"{exc}" + (f"\nThe JVM's output is in {log}" if log else "")) from exc
+
+
+def _resolve_main() -> None:
+    from delta.pip_utils import configure_spark_with_delta_pip
+    from pyspark.sql import SparkSession
+
+    builder = (SparkSession.builder.master("local[1]").appName("spark-recover-resolve")
+               .config("spark.ui.enabled", "false"))
+    spark = configure_spark_with_delta_pip(builder).getOrCreate()
+    jars = spark.sparkContext.getConf().get("spark.jars", "")
+    spark.stop()
+    print("JARS=" + jars, flush=True)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--resolve"]:
+    _resolve_main()

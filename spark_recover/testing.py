@@ -1,0 +1,168 @@
+"""pytest plugin: a fast local Delta session, a fresh root, and crash helpers.
+
+Installing spark-recover registers it (the ``pytest11`` entry point), so a
+user's tests can say::
+
+    from spark_recover.testing import crash_at
+
+    def test_my_job_recovers(spark, recover_root):
+        crashed = crash_at("jobs/my_job.py", "enrich", "after_write", root=recover_root)
+        assert crashed.killed
+        result = load_job("jobs/my_job.py").resume(crashed.run_id, root=recover_root)
+        assert result.status == "succeeded"
+
+Child processes inherit the Delta jars this process resolved
+(``$SPARK_RECOVER_JARS``), so no child runs Maven resolution again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Mapping, Sequence
+
+import pytest
+
+from .config import Settings
+from .failpoints import ENV as FAILPOINT_ENV
+from .ledger import Ledger, RunRecord
+from .storage import Layout
+
+__all__ = ["spark", "recover_root", "TEST_SPARK_CONFS", "ProcessResult", "run_cli", "crash_at",
+           "kill_during", "runs_of"]
+
+#: Spark confs of the test session and of the job processes the helpers start.
+TEST_SPARK_CONFS = {
+    "spark.master": "local[2]",
+    "spark.sql.shuffle.partitions": "2",
+    "spark.default.parallelism": "2",
+    "spark.databricks.delta.snapshotPartitions": "1",
+    "spark.sql.adaptive.coalescePartitions.initialPartitionNum": "2",
+    "spark.driver.memory": "1g",
+}
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """A local SparkSession with Delta Lake, UI off, two shuffle partitions."""
+    from .session import get_spark
+
+    session = get_spark(Settings(spark=TEST_SPARK_CONFS))
+    yield session
+    session.stop()
+
+
+@pytest.fixture
+def recover_root(tmp_path: Path) -> str:
+    """A fresh, empty root for checkpoints and the ledger."""
+    return str(tmp_path / "recover-root")
+
+
+@dataclass
+class ProcessResult:
+    """What a job process did: its exit code, output, and the run it started."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    run_id: str | None
+
+    @property
+    def killed(self) -> bool:
+        """True when the process died by SIGKILL (a failpoint or :func:`kill_during`)."""
+        return self.returncode == -signal.SIGKILL
+
+
+def _conf_file() -> str:
+    path = Path(tempfile.gettempdir()) / f"spark-recover-test-{os.getpid()}.toml"
+    if not path.exists():
+        lines = ["[spark]"] + [f'"{k}" = "{v}"' for k, v in TEST_SPARK_CONFS.items()]
+        path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
+def _env(extra: Mapping[str, str] | None) -> dict[str, str]:
+    from .session import resolve_delta_jars
+
+    resolve_delta_jars()  # once, here; children inherit $SPARK_RECOVER_JARS
+    env = {**os.environ, "SPARK_RECOVER_CONF": os.environ.get("SPARK_RECOVER_CONF") or _conf_file()}
+    env.pop(FAILPOINT_ENV, None)
+    env.update(extra or {})
+    return env
+
+
+def _run_id(stdout: str) -> str | None:
+    for line in stdout.splitlines():
+        if line.startswith("run ") and " of job " in line:
+            return line.split()[1]
+    return None
+
+
+def run_cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 900) -> ProcessResult:
+    """Run ``spark-recover ARGS...`` in a child process and wait for it."""
+    proc = subprocess.run([sys.executable, "-m", "spark_recover", *args], capture_output=True,
+                          text=True, env=_env(env), timeout=timeout)
+    return ProcessResult(proc.returncode, proc.stdout, proc.stderr, _run_id(proc.stdout))
+
+
+def _run_args(job_file: str, root: str, params: Mapping[str, str] | None, args: Sequence[str]) -> list[str]:
+    out = ["run", str(job_file), "--root", root]
+    for key, value in (params or {}).items():
+        out += ["-p", f"{key}={value}"]
+    return out + list(args)
+
+
+def crash_at(job_file: str, stage: str, point: str, *, root: str,
+             params: Mapping[str, str] | None = None, args: Sequence[str] = ()) -> ProcessResult:
+    """Run a job in a child process that kills itself at ``stage:point``."""
+    return run_cli(*_run_args(job_file, root, params, args), env={FAILPOINT_ENV: f"{stage}:{point}"})
+
+
+def runs_of(root: str) -> list[RunRecord]:
+    """Every run in the ledger under ``root``, oldest first (JVM-free)."""
+    return Ledger(Layout.at(root)).runs()
+
+
+def kill_during(job_file: str, *, root: str, params: Mapping[str, str] | None = None,
+                when: Callable[[RunRecord], bool] = lambda run: True, delay: float = 0.0,
+                while_running: Callable[[RunRecord], None] | None = None,
+                timeout: float = 600) -> ProcessResult:
+    """Start a job process and SIGKILL it (driver and JVM) mid-run.
+
+    The kill lands ``delay`` seconds after the ledger first shows a run of this
+    process for which ``when(run)`` holds. ``while_running(run)`` is called just
+    before the kill, to inspect the live run.
+    """
+    known = {r.run_id for r in runs_of(root)}
+    proc = subprocess.Popen([sys.executable, "-m", "spark_recover", *_run_args(job_file, root, params, ())],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=_env(None), start_new_session=True)
+    deadline = time.monotonic() + timeout
+    run = None
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            fresh = [r for r in runs_of(root) if r.run_id not in known]
+            if fresh and when(fresh[-1]):
+                run = fresh[-1]
+                break
+            time.sleep(0.2)
+        if run is not None and proc.poll() is None:
+            time.sleep(delay)
+            if while_running is not None:
+                while_running(Ledger(Layout.at(root)).run(run.run_id))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return ProcessResult(proc.returncode, out, err, run.run_id if run else _run_id(out))
+
+

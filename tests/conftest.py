@@ -1,0 +1,58 @@
+"""Shared fixtures: source tables for tests/jobs/small_job.py, and its clean output."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from pyspark.sql import functions as F
+
+from spark_recover.job import load_job
+
+JOBS = Path(__file__).parent / "jobs"
+SMALL_JOB = str(JOBS / "small_job.py")
+STAGES = ["cleaned", "enriched", "daily", "ranked", "summary"]
+
+
+def make_sources(spark, data: Path, rows: int = 20_000) -> None:
+    """Deterministic source tables: events (rows) and stores (50)."""
+    events = spark.range(rows).select(
+        (F.col("id") % 50).alias("store_id"),
+        (F.col("id") % 7).cast("string").alias("day"),
+        (F.col("id") % 5).alias("qty"),
+        ((F.col("id") * 13) % 100 / 10.0).alias("price"))
+    events.write.format("delta").mode("overwrite").save(str(data / "events"))
+    stores = spark.range(50).select(F.col("id").alias("store_id"),
+                                    (F.col("id") % 4).cast("string").alias("region"))
+    stores.write.format("delta").mode("overwrite").save(str(data / "stores"))
+
+
+@pytest.fixture(scope="session")
+def source_data(spark, tmp_path_factory) -> Path:
+    """Read-only source tables shared by the session."""
+    data = tmp_path_factory.mktemp("sources")
+    make_sources(spark, data)
+    return data
+
+
+@pytest.fixture
+def own_sources(source_data, tmp_path) -> Path:
+    """A private copy of the source tables, for tests that change them."""
+    data = tmp_path / "sources"
+    shutil.copytree(source_data, data)
+    return data
+
+
+@pytest.fixture(scope="session")
+def small_job():
+    return load_job(SMALL_JOB)
+
+
+@pytest.fixture(scope="session")
+def clean_outputs(spark, small_job, source_data, tmp_path_factory):
+    """Every stage's output of one clean, uninterrupted run (the reference)."""
+    root = str(tmp_path_factory.mktemp("clean-root"))
+    result = small_job.run({"data": str(source_data)}, root=root, spark=spark, echo=False)
+    assert result.status == "succeeded", result.error
+    return {name: result.output(name).collect() for name in STAGES}, result
