@@ -70,6 +70,29 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("--refresh-sources", action="store_true")
     resume.add_argument("--job-file", help="the job file (default: the one the run recorded)")
     _common(resume)
+    redo = sub.add_parser("redo", help="roll back a run's sinks, then replay it")
+    redo.add_argument("run_id")
+    redo.add_argument("--from", dest="from_stage", metavar="STAGE",
+                      help="replay from STAGE (default: from the first invalid stage)")
+    redo.add_argument("--force", action="store_true", help="roll back even over other writers' commits")
+    redo.add_argument("--job-file", help="the job file (default: the one the run recorded)")
+    _common(redo)
+    rollback = sub.add_parser("rollback", help="restore the tables a run wrote, or a named point")
+    rollback.add_argument("run_id", nargs="?")
+    rollback.add_argument("--point", help="restore the tables of this named recovery point")
+    rollback.add_argument("--force", action="store_true", help="restore even over other writers' commits")
+    rollback.add_argument("--json", action="store_true")
+    _common(rollback)
+    point = sub.add_parser("point", help="named recovery points")
+    point_sub = point.add_subparsers(dest="point_command", required=True)
+    create = point_sub.add_parser("create", help="record the current version of tables")
+    create.add_argument("name")
+    create.add_argument("--table", action="append", required=True, metavar="TABLE",
+                        help="a Delta table path or catalog name (repeatable)")
+    _common(create)
+    plist = point_sub.add_parser("list", help="list named recovery points")
+    plist.add_argument("--json", action="store_true")
+    _common(plist)
     runs = sub.add_parser("runs", help="list runs")
     runs.add_argument("--job", help="only runs of this job")
     runs.add_argument("--json", action="store_true")
@@ -114,19 +137,62 @@ def _cmd_run(args: argparse.Namespace, job=None) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from .job import load_job
     from .runner import resume_job
 
     settings = _settings(args)
     overrides = parse_params(args.param)
-    origin = _ledger(settings).run(args.run_id)
-    path = args.job_file or origin.job_file
-    if not path:
-        raise UsageError(f"run {args.run_id} recorded no job file", "pass --job-file PATH")
-    job = load_job(path, origin.job)
+    job = _load_job_of(args.run_id, settings, args.job_file)
     result = resume_job(job, args.run_id, settings=settings, params=overrides, rerun=args.rerun,
                         refresh_sources=args.refresh_sources)
     return _finish(result)
+
+
+def _load_job_of(run_id: str, settings: Settings, job_file: str | None):
+    from .job import load_job
+
+    origin = _ledger(settings).run(run_id)
+    path = job_file or origin.job_file
+    if not path:
+        raise UsageError(f"run {run_id} recorded no job file", "pass --job-file PATH")
+    return load_job(path, origin.job)
+
+
+def _cmd_redo(args: argparse.Namespace) -> int:
+    from .recovery import redo
+
+    settings = _settings(args)
+    job = _load_job_of(args.run_id, settings, args.job_file)
+    return _finish(redo(job, args.run_id, from_stage=args.from_stage, settings=settings, force=args.force))
+
+
+def _cmd_rollback(args: argparse.Namespace) -> int:
+    from .recovery import rollback
+
+    result = rollback(args.run_id, point=args.point, force=args.force, settings=_settings(args),
+                      echo=not args.json)
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+def _cmd_point(args: argparse.Namespace) -> int:
+    from .recovery import create_point, list_points
+
+    settings = _settings(args)
+    if args.point_command == "create":
+        point = create_point(args.name, args.table, settings=settings)
+        print(f"recovery point {args.name!r}: " + ", ".join(
+            f"{t} at version {s['version']}" for t, s in point["tables"].items()))
+        return 0
+    points = list_points(settings=settings)
+    if args.json:
+        print(json.dumps(points, indent=2))
+    else:
+        from .report import table
+        print(table(["point", "created (UTC)", "tables"],
+                    [[p["name"], p["created_at"], ", ".join(f"{t}@{s['version']}" for t, s in p["tables"].items())]
+                     for p in points]) if points else "no recovery points")
+    return 0
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
@@ -154,7 +220,8 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"run": _cmd_run, "resume": _cmd_resume, "runs": _cmd_runs, "show": _cmd_show}
+_COMMANDS = {"run": _cmd_run, "resume": _cmd_resume, "redo": _cmd_redo, "rollback": _cmd_rollback,
+             "point": _cmd_point, "runs": _cmd_runs, "show": _cmd_show}
 
 
 def _guarded(call, *args: Any) -> int:

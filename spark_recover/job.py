@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar, ove
 
 from .errors import JobDefinitionError
 from .fingerprint import visible_params
+from .storage import Target
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runner import RunResult
 
-__all__ = ["Job", "Source", "Stage", "INJECTABLE", "load_job"]
+__all__ = ["Job", "Source", "Stage", "Sink", "SINK_MODES", "INJECTABLE", "load_job"]
 
 INJECTABLE = ("params", "spark")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
@@ -52,15 +53,7 @@ class Source:
         """The path (placeholders filled) or table name this source reads."""
         if self.table is not None:
             return self.table
-        assert self.path is not None
-        try:
-            return self.path.format_map(dict(params))
-        except KeyError as exc:
-            from .errors import UsageError
-            raise UsageError(f"source {self.name!r} needs parameter {exc.args[0]!r}",
-                             f"its path is {self.path!r}; given parameters: "
-                             f"{sorted(params) or 'none'}", source=self.name,
-                             missing=exc.args[0]) from None
+        return _fill_path(f"source {self.name!r}", self.path or "", params)
 
 
 @dataclass(frozen=True)
@@ -73,6 +66,42 @@ class Stage:
     wants_params: bool
     wants_spark: bool
     visible_params: frozenset[str] | None
+
+
+SINK_MODES = ("append", "overwrite", "replace_where", "merge")
+
+
+@dataclass(frozen=True)
+class Sink:
+    """An output table a stage's result is published to, exactly once per run.
+
+    Modes: ``append``; ``overwrite``; ``replace_where`` (overwrite the rows
+    matching ``predicate``, whose ``{param}`` placeholders are filled with
+    safely quoted literals); ``merge`` (upsert on ``keys``).
+    """
+
+    stage: str
+    path: str | None = None
+    table: str | None = None
+    mode: str = "append"
+    predicate: str | None = None
+    keys: tuple[str, ...] = ()
+
+    def target(self, params: Mapping[str, Any]) -> Target:
+        """The table written to (path placeholders filled)."""
+        if self.table is not None:
+            return Target(self.table, catalog=True)
+        return Target.parse(_fill_path(f"sink of stage {self.stage!r}", self.path or "", params))
+
+
+def _fill_path(what: str, template: str, params: Mapping[str, Any]) -> str:
+    try:
+        return template.format_map(dict(params))
+    except KeyError as exc:
+        from .errors import UsageError
+        raise UsageError(f"{what} needs parameter {exc.args[0]!r}",
+                         f"its path is {template!r}; given parameters: {sorted(params) or 'none'}",
+                         missing=exc.args[0]) from None
 
 
 def _check_name(kind: str, name: Any, pattern: re.Pattern[str] = _NAME) -> None:
@@ -103,6 +132,7 @@ class Job:
         self.file: str | None = caller.get("__file__")
         self._sources: dict[str, Source] = {}
         self._stages: dict[str, Stage] = {}
+        self._sinks: list[Sink] = []
 
     def __repr__(self) -> str:
         return f"Job({self.name!r}, sources={list(self._sources)}, stages={list(self._stages)})"
@@ -115,6 +145,51 @@ class Job:
     def stages(self) -> list[Stage]:
         """Stages in declaration order, which is a topological order."""
         return list(self._stages.values())
+
+    @property
+    def sinks(self) -> list[Sink]:
+        return list(self._sinks)
+
+    def sink(self, stage: str, *, path: str | None = None, table: str | None = None,
+             mode: str = "append", predicate: str | None = None,
+             keys: Sequence[str] | None = None) -> Sink:
+        """Publish a stage's output to a Delta table, exactly once per run.
+
+        Sinks are written after every stage has succeeded, in declaration order,
+        each as an idempotent Delta write.
+
+        >>> job = Job("j")
+        >>> _ = job.source("orders", path="data/orders")
+        >>> @job.stage
+        ... def daily(orders):
+        ...     return orders
+        >>> job.sink("daily", path="out/daily", mode="replace_where", predicate="day = '{day}'").mode
+        'replace_where'
+        """
+        if stage not in self._stages:
+            raise JobDefinitionError(f"sink of unknown stage {stage!r}",
+                                     f"expected a stage of job {self.name!r}: {list(self._stages)}",
+                                     stage=stage)
+        if (path is None) == (table is None):
+            raise JobDefinitionError(f"sink of stage {stage!r} needs exactly one location",
+                                     f"expected path=... or table=..., found path={path!r}, "
+                                     f"table={table!r}", stage=stage)
+        if mode not in SINK_MODES:
+            raise JobDefinitionError(f"unknown sink mode {mode!r}", f"expected one of {list(SINK_MODES)}",
+                                     stage=stage, mode=mode)
+        if (mode == "replace_where") != (predicate is not None):
+            raise JobDefinitionError(f"sink of stage {stage!r}: predicate= goes with mode='replace_where'",
+                                     f"found mode={mode!r}, predicate={predicate!r}", stage=stage)
+        if (mode == "merge") != bool(keys):
+            raise JobDefinitionError(f"sink of stage {stage!r}: keys= goes with mode='merge'",
+                                     f"found mode={mode!r}, keys={keys!r}", stage=stage)
+        target = Sink(stage=stage, path=path, table=table, mode=mode, predicate=predicate,
+                      keys=tuple(keys or ()))
+        if any((s.path, s.table) == (path, table) for s in self._sinks):
+            raise JobDefinitionError("two sinks write the same table",
+                                     f"{path or table!r} is already a sink of this job", stage=stage)
+        self._sinks.append(target)
+        return target
 
     def _check_new(self, kind: str, name: str) -> None:
         _check_name(kind, name)
@@ -229,6 +304,14 @@ class Job:
         """
         from .runner import resume_job
         return resume_job(self, run_id, **options)
+
+    def redo(self, run_id: str, **options: Any) -> "RunResult":
+        """Roll back run ``run_id``'s sinks, then replay it (``from_stage=`` to force a stage).
+
+        >>> job.redo("20261125T101500Z-1a2b3c", from_stage="daily")   # doctest: +SKIP
+        """
+        from .recovery import redo
+        return redo(self, run_id, **options)
 
     def main(self, argv: Sequence[str] | None = None) -> None:
         """The ``spark-recover run`` CLI for this job file (works under spark-submit)."""

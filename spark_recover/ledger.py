@@ -111,6 +111,9 @@ class RunRecord:
     sources: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     stages: dict[str, StageRecord] = field(default_factory=dict)
+    sinks: dict[str, dict[str, Any]] = field(default_factory=dict)  # table -> planned + written
+    recovery_point: dict[str, Any] | None = None  # table -> state before the first sink write
+    rollback: dict[str, Any] | None = None  # journal: started, tables restored, finished
     dead_after: float = 60.0
 
     @property
@@ -128,8 +131,14 @@ class RunRecord:
         return age <= self.dead_after
 
     @property
+    def rolled_back(self) -> bool:
+        return bool(self.rollback and self.rollback.get("finished"))
+
+    @property
     def status(self) -> str:
-        """``running``, ``succeeded``, ``failed`` (a dead run counts as failed)."""
+        """``running``, ``succeeded``, ``failed`` (a dead run counts as failed), ``rolled_back``."""
+        if self.rolled_back:
+            return "rolled_back"
         if self.finished:
             return self.final_status or "failed"
         return "running" if self.alive else "failed"
@@ -157,7 +166,14 @@ class RunRecord:
                 "started_at": _iso(self.started_at), "last_seen": _iso(self.last_seen),
                 "job_file": self.job_file, "error": error,
                 "stages": [s.to_json() for s in self.stage_list()],
-                "sinks": [], "sources": self.sources, "metrics": metrics}
+                "sinks": [_sink_json(v) for v in self.sinks.values()], "sources": self.sources,
+                "recovery_point": self.recovery_point, "rollback": self.rollback, "metrics": metrics}
+
+
+def _sink_json(sink: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("table", "stage", "mode", "version_before", "version_after", "skipped_duplicate",
+            "txn_app_id", "txn_version", "status", "error")
+    return {k: sink.get(k) for k in keys}
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -185,18 +201,35 @@ def apply_event(run: RunRecord, ev: Mapping[str, Any]) -> None:
         run.total_seconds = ev.get("seconds")
         run.error = ev.get("error")
         run.metrics.update(detail.get("metrics", {}))
+    elif kind == "recovery_point":
+        run.recovery_point = detail.get("tables", {})
+    elif kind in ("sink_planned", "sink_written", "sink_failed"):
+        entry = run.sinks.setdefault(detail["table"], {"stage": ev.get("stage")})
+        entry.update({k: v for k, v in detail.items() if k != "traceback"},
+                     status=kind.removeprefix("sink_"), error=ev.get("error"))
+    elif kind in ("rollback_started", "table_restored", "rollback_finished"):
+        journal = run.rollback = run.rollback or {"restored": {}}
+        if kind == "rollback_started":
+            journal.update(started_at=_iso(ts), targets=detail.get("targets", {}), finished=False)
+        elif kind == "table_restored":
+            journal["restored"][detail["table"]] = detail
+        else:
+            journal.update(finished=True, finished_at=_iso(ts), metrics=detail.get("metrics", {}))
     elif ev.get("stage"):
         st = run.stages.setdefault(ev["stage"], StageRecord(ev["stage"]))
-        if kind == "stage_started":
-            st.status = "running"
-        elif kind in ("stage_succeeded", "stage_reused", "stage_failed"):
-            st.status = "failed" if kind == "stage_failed" else "succeeded"
-            st.reused = kind == "stage_reused"
-            for attr in ("version", "rows", "seconds", "reason", "fingerprint", "checkpoint", "error"):
-                if ev.get(attr) is not None:
-                    setattr(st, attr, ev[attr])
-            st.parts = detail.get("parts", st.parts)
-            st.from_run = detail.get("from_run", st.from_run)
+        status = _STAGE_STATUS.get(kind)
+        if status is None:
+            return
+        st.status, st.reused = status, kind == "stage_reused"
+        for attr in ("version", "rows", "seconds", "reason", "fingerprint", "checkpoint", "error"):
+            if ev.get(attr) is not None:
+                setattr(st, attr, ev[attr])
+        st.parts = detail.get("parts", st.parts)
+        st.from_run = detail.get("from_run", st.from_run)
+
+
+_STAGE_STATUS = {"stage_started": "running", "stage_succeeded": "succeeded",
+                 "stage_reused": "succeeded", "stage_failed": "failed"}
 
 
 class Ledger:
@@ -284,6 +317,16 @@ class Ledger:
                 run = runs[ev["run_id"]] = RunRecord(ev["run_id"], ev["job"], dead_after=self.dead_after)
             apply_event(run, ev)
         return {k: r for k, r in runs.items() if r.started_at is not None}
+
+    def points(self) -> dict[str, dict[str, Any]]:
+        """Named recovery points: name -> {created_at, tables}."""
+        out: dict[str, dict[str, Any]] = {}
+        for ev in self._events():
+            if ev["event"] == "point_created":
+                detail = json.loads(ev["detail"])
+                out[detail["name"]] = {"name": detail["name"], "created_at": _iso(ev["ts"]),
+                                       "tables": detail["tables"]}
+        return out
 
     def run(self, run_id: str) -> RunRecord:
         """The record of one run; :class:`UnknownRunError` if the ledger has none."""

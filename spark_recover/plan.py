@@ -74,6 +74,8 @@ def plan_run(job: Job, params: Mapping[str, Any], pins: Mapping[str, Any],
         elif before is None or before.status != "succeeded":
             state = "failed" if before is not None and before.status == "failed" else "did not complete"
             plan.reason = f"it {state} in run {origin.run_id}"
+            if before is not None and before.fingerprint not in (None, plan.fingerprint):
+                plan.reason += f"; since then {explain_change(before.parts, parts)}"
         elif before.fingerprint != plan.fingerprint:
             plan.reason = explain_change(before.parts, parts)
         elif recomputed_inputs:

@@ -17,7 +17,7 @@ import time
 import traceback
 from typing import Any, Callable, Collection, Mapping
 
-from . import __version__, checkpoint, failpoints, sources
+from . import __version__, checkpoint, failpoints, sinks, sources
 from .config import Settings, load_settings
 from .errors import RefusedError, StageError, UsageError
 from .fingerprint import digest
@@ -192,6 +192,8 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
     say(f"run {run_id} of job {job.name} started (params: {params_text(params)}{origin_text})")
     try:
         _execute(job, spark, layout, plans, pins, params, params_key, run_id, record, log, say)
+        if job.sinks:
+            _publish(job, spark, ledger, params, params_key, run_id, record, resume_from, log, say)
         status, error = "succeeded", None
     except StageError as exc:
         status, error = "failed", exc.detail
@@ -243,7 +245,8 @@ def _execute(job: Job, spark, layout: Layout, plans: list[StagePlan], pins: Mapp
             say(f"{tag} reused (version {o.version}, {_rows(o.rows)} from run {o.from_run})")
             continue
         say(f"{tag} started" + (f": recomputed because {plan.reason}" if plan.reason else ""))
-        log("stage_started", stage=plan.name, reason=plan.reason)
+        log("stage_started", stage=plan.name, reason=plan.reason, fingerprint=plan.fingerprint,
+            detail={"parts": plan.parts})
         failpoints.hit(plan.name, "before")
         t0 = time.monotonic()
         try:
@@ -276,6 +279,51 @@ def _execute(job: Job, spark, layout: Layout, plans: list[StagePlan], pins: Mapp
                                         "bytes": written.bytes})
         failpoints.hit(plan.name, "after_commit")
         say(f"{tag} done in {seconds:.1f}s: {_rows(written.rows)}, version {written.version}")
+
+
+def _publish(job: Job, spark, ledger: Ledger, params: Mapping[str, Any], params_key: str, run_id: str,
+             record: RunRecord, origin: RunRecord | None, log: Callable[..., None],
+             say: Callable[[str], None]) -> None:
+    """Write every sink exactly once, after its recovery point is in the ledger."""
+    # A replay continues its origin's publication: same recovery point, and the same
+    # transaction version for a sink whose data is unchanged (so Delta skips a repeat).
+    carry = origin is not None and origin.recovery_point is not None and not origin.rolled_back
+    point = origin.recovery_point if carry else {
+        s.target(params).location: sinks.table_state(spark, s.target(params)).to_json() for s in job.sinks}
+    log("recovery_point", detail={"tables": point, "inherited_from": origin.run_id if carry else None})
+    history = [r for r in ledger.runs(job.name) if r.params_key == params_key]
+    for sink in job.sinks:
+        target = sink.target(params)
+        app = sinks.app_id(job.name, params_key, target)
+        data = record.stages[sink.stage]
+        prior = origin.sinks.get(target.location) if carry else None
+        if prior and (prior.get("checkpoint"), prior.get("checkpoint_version")) == (data.checkpoint, data.version):
+            txn_version = int(prior["txn_version"])
+        else:
+            used = [int(v["txn_version"]) for r in history for v in r.sinks.values() if v.get("txn_app_id") == app]
+            current = sinks.table_state(spark, target, app).txn_version
+            txn_version = max(used + [current if current is not None else -1]) + 1
+        log("sink_planned", stage=sink.stage, detail={
+            "table": target.location, "mode": sink.mode, "txn_app_id": app, "txn_version": txn_version,
+            "checkpoint": data.checkpoint, "checkpoint_version": data.version})
+        failpoints.hit(sink.stage, "sink_before")
+        t0 = time.monotonic()
+        try:
+            written = sinks.publish(spark, sink, checkpoint.read(spark, data.checkpoint, data.version),
+                                    params, app, txn_version, {"run_id": run_id, "sink": target.location})
+        except Exception as exc:
+            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            error = f"sink of stage {sink.stage!r} to {target.location} failed: {type(exc).__name__}: {message}"
+            log("sink_failed", stage=sink.stage, error=error[:2000],
+                detail={"table": target.location, "traceback": traceback.format_exc()[-8000:]})
+            say(f"  sink {target.location} FAILED: {type(exc).__name__}: {message}")
+            raise StageError(f"sink of stage {sink.stage!r} failed", error, stage=sink.stage) from exc
+        failpoints.hit(sink.stage, "sink_after_write")
+        log("sink_written", stage=sink.stage, seconds=round(time.monotonic() - t0, 3), detail=written)
+        failpoints.hit(sink.stage, "sink_after_commit")
+        say(f"  sink {target.location} ({sink.mode}): " + (
+            f"already committed as txn {txn_version}, skipped (no duplicate)" if written["skipped_duplicate"]
+            else f"version {written['version_before']} -> {written['version_after']}"))
 
 
 def _rows(rows: int | None) -> str:

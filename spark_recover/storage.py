@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-__all__ = ["Layout", "spark_uri", "native_uri", "is_local"]
+__all__ = ["Layout", "Target", "spark_uri", "native_uri", "is_local"]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 # Hadoop scheme -> the scheme delta-rs / pyarrow use for the same store.
@@ -93,3 +93,26 @@ class Layout:
         # One table per (job, parameters, stage): runs with other parameters
         # never share, and so never conflict on or read, each other's table.
         return self._join("checkpoints", job, params_key, stage)
+
+
+@dataclass(frozen=True)
+class Target:
+    """A Delta table a job writes or a recovery point covers: a path or a catalog name.
+
+    >>> Target.parse("warehouse/daily").catalog, Target.parse("sales.daily").catalog
+    (False, True)
+    """
+
+    location: str
+    catalog: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> "Target":
+        """A catalog name has no slash and no scheme (``db.table``); anything else is a path."""
+        catalog = "/" not in text and not _SCHEME.match(text)
+        return cls(text if catalog else (_local_path(text) if is_local(text) else text), catalog)
+
+    @property
+    def ident(self) -> str:
+        """How Spark SQL names it."""
+        return self.location if self.catalog else f"delta.`{spark_uri(self.location)}`"

@@ -1,0 +1,98 @@
+"""Per-stage bookkeeping overhead, and the read-only CLI's latency.
+
+Measures, side by side in one process (machines are noisy: compare ratios):
+
+* ledger: one event append (delta-rs commit), the two a computed stage costs;
+* fingerprint: planning every stage of the demo job (code hashes, params, pins);
+* verify: the JVM-free check of a checkpoint's files before reuse;
+* commit lookup: reading back the checkpoint commit's version and metrics;
+* the data write itself, Delta vs plain parquet, for scale;
+* `spark-recover runs` and `show` wall time (new process each, no JVM).
+
+Run: ``make bench`` (or ``.venv/bin/python -m bench.overhead``).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+from spark_recover import checkpoint
+from spark_recover.config import Settings
+from spark_recover.job import load_job
+from spark_recover.ledger import Ledger
+from spark_recover.plan import plan_run
+from spark_recover.storage import Layout
+from spark_recover.testing import TEST_SPARK_CONFS
+
+
+def timed(fn: Callable[[], object], repeat: int) -> dict[str, float]:
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return {"median_s": round(statistics.median(samples), 4), "min_s": round(min(samples), 4),
+            "n": repeat}
+
+
+def main() -> None:
+    from spark_recover.session import get_spark
+
+    spark = get_spark(Settings(spark=TEST_SPARK_CONFS))
+    work = Path(tempfile.mkdtemp(prefix="spark-recover-bench-"))
+    layout = Layout.at(str(work / "root"))
+    ledger = Ledger(layout)
+    results: dict[str, object] = {}
+
+    counter = iter(range(10**6))
+    results["ledger_append"] = timed(lambda: ledger.append(f"r{next(counter)}", "bench", "heartbeat"), 30)
+
+    job = load_job(str(Path(__file__).parents[1] / "jobs" / "demo_sales.py"))
+    pins = {s.name: {"kind": "delta", "location": f"/x/{s.name}", "version": 3} for s in job.sources}
+    results["plan_all_stages"] = timed(lambda: plan_run(job, {"data": "/x"}, pins), 20)
+    results["plan_per_stage_s"] = round(results["plan_all_stages"]["median_s"] / len(job.stages), 5)
+
+    df = spark.range(100_000).selectExpr("id", "id % 97 AS k", "cast(id AS string) AS s")
+    location = str(work / "ckpt")
+    written = checkpoint.write(df, location, {"warm": "up"})
+    results["verify_checkpoint"] = timed(lambda: checkpoint.verify(location, written.version), 20)
+    from delta.tables import DeltaTable
+    results["commit_lookup"] = timed(
+        lambda: DeltaTable.forPath(spark, location).history(1).select("version", "operationMetrics").first(), 10)
+    results["delta_write_100k"] = timed(lambda: df.write.format("delta").mode("overwrite").save(location), 5)
+    results["parquet_write_100k"] = timed(lambda: df.write.mode("overwrite").parquet(str(work / "pq")), 5)
+
+    bookkeeping = (2 * results["ledger_append"]["median_s"] + results["plan_per_stage_s"]
+                   + results["commit_lookup"]["median_s"])
+    results["bookkeeping_per_computed_stage_s"] = round(bookkeeping, 4)
+    results["bookkeeping_per_reused_stage_s"] = round(
+        results["ledger_append"]["median_s"] + results["plan_per_stage_s"]
+        + results["verify_checkpoint"]["median_s"], 4)
+    results["delta_over_parquet_write"] = round(results["delta_write_100k"]["median_s"]
+                                                / results["parquet_write_100k"]["median_s"], 2)
+
+    # The read-only CLI: a fresh process each time, as a user types it.
+    for i in range(40):  # a ledger with some history
+        ledger.append(f"run{i}", "bench", "run_started", detail={"params": {"i": i}, "stages": []})
+        ledger.append(f"run{i}", "bench", "run_finished", status="succeeded", seconds=1.0)
+    ledger.compact()
+    cli = [sys.executable, "-m", "spark_recover"]
+    results["cli_runs"] = timed(lambda: subprocess.run(cli + ["runs", "--root", layout.root],
+                                                       check=True, capture_output=True), 5)
+    results["cli_show"] = timed(lambda: subprocess.run(cli + ["show", "run7", "--root", layout.root],
+                                                       check=True, capture_output=True), 5)
+    print(json.dumps(results, indent=2))
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "overhead.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Sinks: publishing a stage's output exactly once, with Delta idempotent writes.
+
+Every sink write carries Delta's transaction identifiers: ``txnAppId`` (one per
+job, parameters and table) and ``txnVersion`` (a strictly increasing number the
+ledger hands out and records *before* the write). Delta ignores a write whose
+``txnVersion`` it has already committed for that ``txnAppId``, so replaying a
+sink after a crash never duplicates rows. MERGE reads the identifiers from the
+session confs ``spark.databricks.delta.write.txnAppId``/``txnVersion``: they are
+set under a process-wide lock and always cleared, so jobs sharing a session
+cannot leak them into each other's writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import threading
+from dataclasses import dataclass
+from typing import Any, Iterator, Mapping
+
+from .errors import UsageError
+from .fingerprint import digest
+from .job import Sink
+from .storage import Target, native_uri, spark_uri
+
+__all__ = ["fill_predicate", "app_id", "TableState", "table_state", "physical_uri", "publish", "session_confs"]
+
+_TXN_CONFS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion",
+              "spark.databricks.delta.commitInfo.userMetadata")
+_SESSION_CONF_LOCK = threading.Lock()
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+def _literal_body(value: Any) -> str:
+    # Spark SQL string literals take backslash escapes: escape both, keep the value data.
+    return str(value).replace("\\", "\\\\").replace("'", "\\'")
+
+
+def fill_predicate(template: str, params: Mapping[str, Any]) -> str:
+    """Fill ``{param}`` placeholders as SQL literals, never as SQL text.
+
+    Inside quotes a value is escaped; a bare placeholder becomes a quoted
+    string literal (numbers from the Python API stay numbers).
+
+    >>> print(fill_predicate("day = '{day}'", {"day": "it's"}))
+    day = 'it\\'s'
+    >>> fill_predicate("n = {n}", {"n": 5})
+    'n = 5'
+    """
+    out, quoted, pos = [], False, 0
+    for match in _PLACEHOLDER.finditer(template):
+        chunk = template[pos:match.start()]
+        quoted ^= chunk.count("'") % 2 == 1
+        out.append(chunk)
+        key = match.group(1)
+        if key not in params:
+            raise UsageError(f"replace_where predicate needs parameter {key!r}",
+                             f"predicate {template!r}; given parameters: {sorted(params) or 'none'}",
+                             missing=key)
+        value = params[key]
+        if quoted:
+            out.append(_literal_body(value))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out.append(repr(value))
+        else:
+            out.append(f"'{_literal_body(value)}'")
+        pos = match.end()
+    out.append(template[pos:])
+    return "".join(out)
+
+
+def app_id(job: str, params_key: str, target: Target) -> str:
+    """The Delta ``txnAppId`` of one job, parameters and table."""
+    return f"spark-recover-{job}-{params_key}-{digest(target.location, 12)}"
+
+
+@dataclass(frozen=True)
+class TableState:
+    """A table's version and commit time (and our transaction version), or absent."""
+
+    exists: bool
+    version: int | None = None
+    timestamp: str | None = None
+    txn_version: int | None = None
+    uri: str | None = None  # where the table's files are (delta-rs spelling)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"exists": self.exists, "version": self.version, "timestamp": self.timestamp}
+
+
+def physical_uri(spark, target: Target) -> str | None:
+    """Where a table's files are, in delta-rs spelling (``None``: catalog table absent)."""
+    if not target.catalog:
+        return native_uri(target.location)
+    if spark is None or not spark.catalog.tableExists(target.location):
+        return None
+    return native_uri(spark.sql(f"DESCRIBE DETAIL {target.location}").first()["location"])
+
+
+def table_state(spark, target: Target, app: str | None = None) -> TableState:
+    """A table's state, read with delta-rs (a catalog table's location comes from Spark)."""
+    import deltalake
+
+    uri = physical_uri(spark, target)
+    if uri is None or not deltalake.DeltaTable.is_deltatable(uri):
+        return TableState(exists=False, uri=uri)
+    table = deltalake.DeltaTable(uri)
+    last = table.history(1)[0]
+    return TableState(exists=True, version=table.version(), timestamp=str(last.get("timestamp")),
+                      txn_version=table.transaction_version(app) if app else None, uri=uri)
+
+
+def publish(spark, sink: Sink, df, params: Mapping[str, Any], app: str,
+            txn_version: int, metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Write ``df`` to the sink unless Delta already holds ``txn_version`` for ``app``.
+
+    Returns ``version_before``, ``version_after`` and ``skipped_duplicate``.
+    """
+    target = sink.target(params)
+    tag = json.dumps(dict(metadata), sort_keys=True)
+    before = table_state(spark, target, app)
+    done = {"table": target.location, "mode": sink.mode, "txn_app_id": app, "txn_version": txn_version,
+            "version_before": before.version}
+    if before.txn_version is not None and before.txn_version >= txn_version:
+        return {**done, "version_after": before.version, "skipped_duplicate": True}
+    if sink.mode == "merge" and before.exists:
+        _merge(spark, sink, target, df, app, txn_version, tag)
+    else:
+        writer = (df.write.format("delta").option("txnAppId", app).option("txnVersion", txn_version)
+                  .option("userMetadata", tag))
+        if sink.mode == "replace_where":
+            writer = writer.mode("overwrite").option("replaceWhere", fill_predicate(sink.predicate or "", params))
+        else:
+            writer = writer.mode("overwrite" if sink.mode == "overwrite" else "append")
+        if target.catalog:
+            writer.saveAsTable(target.location)
+        else:
+            writer.save(spark_uri(target.location))
+    after = table_state(spark, target, app)
+    skipped = after.version == before.version  # Delta saw the txn version and wrote nothing
+    return {**done, "version_after": after.version, "skipped_duplicate": skipped}
+
+
+def _merge(spark, sink: Sink, target: Target, df, app: str, txn_version: int, tag: str) -> None:
+    from delta.tables import DeltaTable
+
+    table = (DeltaTable.forName(spark, target.location) if target.catalog
+             else DeltaTable.forPath(spark, spark_uri(target.location)))
+    condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in sink.keys)
+    with session_confs(spark, dict(zip(_TXN_CONFS, (app, str(txn_version), tag)))):
+        (table.alias("t").merge(df.alias("s"), condition)
+         .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+
+
+@contextlib.contextmanager
+def session_confs(spark, confs: Mapping[str, str]) -> Iterator[None]:
+    """Set session confs for one operation, under a lock, and always clear them."""
+    with _SESSION_CONF_LOCK:
+        for key, value in confs.items():
+            spark.conf.set(key, value)
+        try:
+            yield
+        finally:
+            for key in confs:
+                spark.conf.unset(key)
