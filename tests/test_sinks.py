@@ -1,0 +1,202 @@
+"""Sinks are exactly-once across crashes; rollback restores every table, verifiably."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import deltalake
+import pytest
+
+import spark_recover
+from spark_recover.errors import RefusedError
+from spark_recover.job import load_job
+from spark_recover.ledger import Ledger
+from spark_recover.recovery import RecoveryPointError, create_point
+from spark_recover.storage import Layout
+from spark_recover.testing import crash_at, run_cli
+
+from conftest import JOBS
+from recovery_checks import assert_same_rows
+
+SINK_JOB = str(JOBS / "sink_job.py")
+TABLES = ["daily_log", "by_day", "store_totals", "region_totals"]
+
+
+@pytest.fixture(scope="session")
+def sink_job():
+    return load_job(SINK_JOB)
+
+
+def _read(spark, out: Path, table: str, version: int | None = None):
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return reader.load(str(out / table))
+
+
+@pytest.fixture(scope="session")
+def clean_sinks(spark, sink_job, source_data, tmp_path_factory):
+    """Each sink table's rows after one clean run into empty tables."""
+    out = tmp_path_factory.mktemp("clean-out")
+    result = sink_job.run({"data": str(source_data), "out": str(out), "day": "3"},
+                          root=str(tmp_path_factory.mktemp("clean-sink-root")), spark=spark, echo=False)
+    assert result.status == "succeeded", result.error
+    return {t: _read(spark, out, t).collect() for t in TABLES}
+
+
+def _check_tables(spark, out: Path, clean_sinks) -> None:
+    for table in TABLES:
+        assert_same_rows(spark, _read(spark, out, table), clean_sinks[table])
+        # An independent reader sees a valid Delta table with the same rows.
+        assert deltalake.DeltaTable(str(out / table)).to_pyarrow_table().num_rows == len(clean_sinks[table])
+
+
+@pytest.mark.parametrize("stage, point", [
+    ("daily", "sink_after_write"),          # append: committed, ledger unaware -> must be skipped
+    ("day_slice", "sink_before"),           # replace_where: planned, nothing written
+    ("store_totals", "sink_after_write"),   # merge: committed, ledger unaware
+    ("region_totals", "sink_after_commit"),  # overwrite: recorded
+])
+def test_sink_crash_then_resume_is_exactly_once(spark, sink_job, source_data, clean_sinks, recover_root,
+                                                tmp_path, stage, point):
+    out = tmp_path / "out"
+    params = {"data": str(source_data), "out": str(out), "day": "3"}
+    crashed = crash_at(SINK_JOB, stage, point, root=recover_root, params=params)
+    assert crashed.killed, crashed.stdout + crashed.stderr
+    result = sink_job.resume(crashed.run_id, root=recover_root, spark=spark, echo=False)
+    assert result.status == "succeeded", result.error
+    _check_tables(spark, out, clean_sinks)
+    sinks = {Path(s["table"]).name: s for s in result.to_json()["sinks"]}
+    crashed_table = {"daily": "daily_log", "day_slice": "by_day", "store_totals": "store_totals",
+                     "region_totals": "region_totals"}[stage]
+    # Sinks committed before the crash (or by it) are skipped, never written twice.
+    expect_skipped = TABLES[:TABLES.index(crashed_table) + (point != "sink_before")]
+    assert [t for t in TABLES if sinks[t]["skipped_duplicate"]] == expect_skipped
+    origin = Ledger(Layout.at(recover_root)).run(crashed.run_id)
+    assert result.record.recovery_point == origin.recovery_point  # the replay keeps its origin's point
+
+
+def test_rollback_restores_every_table_and_is_idempotent(spark, sink_job, source_data, recover_root, tmp_path):
+    out = tmp_path / "out"
+    params = {"data": str(source_data), "out": str(out), "day": "3"}
+    seeded = spark.createDataFrame([("9", "9", 1.0, 1)], "region string, day string, total double, orders long")
+    seeded.write.format("delta").save(str(out / "daily_log"))  # existed before the run
+    seeded.write.format("delta").save(str(out / "by_day"))
+    before = {t: _read(spark, out, t).collect() for t in ("daily_log", "by_day")}
+    run = sink_job.run(params, root=recover_root, spark=spark, echo=False)
+    point = run.record.recovery_point
+    assert point[str(out / "daily_log")]["version"] == 0 and not point[str(out / "store_totals")]["exists"]
+
+    # Crash in the middle of the rollback (after the first restore), then finish it.
+    died = run_cli("rollback", run.run_id, "--root", recover_root,
+                   env={"SPARK_RECOVER_FAILPOINT": "rollback:after_restore"})
+    assert died.returncode == -9, died.stderr
+    finished = run_cli("rollback", run.run_id, "--root", recover_root, "--json")
+    assert finished.returncode == 0, finished.stderr
+    journal = json.loads(finished.stdout)
+    assert journal["metrics"]["tables"] == 3  # one of four was restored before the crash
+    for table in ("daily_log", "by_day"):
+        assert_same_rows(spark, _read(spark, out, table), before[table])
+        assert_same_rows(spark, _read(spark, out, table), _read(spark, out, table, 0).collect())
+        assert deltalake.DeltaTable(str(out / table)).to_pyarrow_table().num_rows == 1
+    for created in ("store_totals", "region_totals"):
+        assert not deltalake.DeltaTable.is_deltatable(str(out / created))  # the run made them: gone
+    record = Ledger(Layout.at(recover_root)).run(run.run_id)
+    assert record.status == "rolled_back"
+    again = spark_recover.rollback(run.run_id, root=recover_root, spark=spark, echo=False)
+    assert again["noop"] is True
+
+
+def test_rollback_refuses_over_another_writer_unless_forced(spark, sink_job, source_data, recover_root, tmp_path):
+    out = tmp_path / "out"
+    run = sink_job.run({"data": str(source_data), "out": str(out), "day": "3"}, root=recover_root,
+                       spark=spark, echo=False)
+    extra = spark.createDataFrame([(999, 5)], "store_id long, qty long")
+    extra.write.format("delta").mode("append").save(str(out / "store_totals"))  # another writer
+    refused = run_cli("rollback", run.run_id, "--root", recover_root)
+    assert refused.returncode == 3
+    assert "other writers committed after the run" in refused.stderr
+    assert "store_totals: version 1 (WRITE" in refused.stderr
+    assert deltalake.DeltaTable(str(out / "store_totals")).version() == 1  # nothing changed
+    forced = spark_recover.rollback(run.run_id, root=recover_root, spark=spark, force=True, echo=False)
+    assert forced["metrics"]["tables"] == 4
+
+
+def test_redo_replays_after_rollback(spark, sink_job, source_data, clean_sinks, recover_root, tmp_path):
+    out = tmp_path / "out"
+    run = sink_job.run({"data": str(source_data), "out": str(out), "day": "3"}, root=recover_root,
+                       spark=spark, echo=False)
+    redone = sink_job.redo(run.run_id, from_stage="store_totals", root=recover_root, spark=spark, echo=False)
+    assert redone.status == "succeeded"
+    assert {s.name: s.reused for s in redone.stages} == {
+        "daily": True, "day_slice": True, "store_totals": False, "region_totals": True}
+    assert not any(s["skipped_duplicate"] for s in redone.to_json()["sinks"])
+    _check_tables(spark, out, clean_sinks)  # exactly one copy, even in the append table
+
+
+def test_replace_where_parameter_is_data_never_sql(spark, sink_job, source_data, recover_root, tmp_path):
+    out = tmp_path / "out"
+    for day in ("1", "2"):
+        sink_job.run({"data": str(source_data), "out": str(out), "day": day}, root=recover_root,
+                     spark=spark, echo=False)
+    before = sorted(map(tuple, _read(spark, out, "by_day").collect()))
+    assert {r[1] for r in before} == {"1", "2"}
+    hostile = "1' OR '1'='1"
+    result = sink_job.run({"data": str(source_data), "out": str(out), "day": hostile}, root=recover_root,
+                          spark=spark, echo=False)
+    assert result.status == "succeeded", result.error
+    assert sorted(map(tuple, _read(spark, out, "by_day").collect())) == before  # nothing deleted
+
+
+def test_named_point_and_bad_input(spark, sink_job, source_data, recover_root, tmp_path):
+    out = tmp_path / "out"
+    params = {"data": str(source_data), "out": str(out), "day": "3"}
+    sink_job.run(params, root=recover_root, spark=spark, echo=False)
+    table = str(out / "region_totals")
+    made = run_cli("point", "create", "nightly", "--table", table, "--root", recover_root)
+    assert made.returncode == 0, made.stderr
+    listed = json.loads(run_cli("point", "list", "--json", "--root", recover_root).stdout)
+    assert [(p["name"], p["tables"][table]["version"]) for p in listed] == [("nightly", 0)]
+    sink_job.run({**params, "day": "4"}, root=recover_root, spark=spark, echo=False)  # overwrites: v1
+    spark_recover.rollback(point="nightly", root=recover_root, spark=spark, echo=False)
+    assert deltalake.DeltaTable(table).version() == 2  # the RESTORE commit
+    assert_same_rows(spark, _read(spark, out, "region_totals"), _read(spark, out, "region_totals", 0).collect())
+
+    unknown_point = run_cli("rollback", "--point", "nope", "--root", recover_root)
+    assert unknown_point.returncode == 2 and "unknown recovery point 'nope'" in unknown_point.stderr
+    unknown_table = run_cli("point", "create", "p2", "--table", str(tmp_path / "missing"), "--root", recover_root)
+    assert unknown_table.returncode == 2 and "unknown table" in unknown_table.stderr
+    duplicate = run_cli("point", "create", "nightly", "--table", table, "--root", recover_root)
+    assert duplicate.returncode == 2 and "recovery point 'nightly' exists" in duplicate.stderr
+
+
+def test_vacuumed_recovery_point_is_a_clear_error(spark, source_data, recover_root, tmp_path):
+    table = tmp_path / "t"
+    spark.range(10).write.format("delta").save(str(table))
+    create_point("old", [str(table)], root=recover_root)
+    spark.range(5).write.format("delta").mode("overwrite").save(str(table))
+    with _no_retention_check(spark):
+        spark.sql(f"VACUUM delta.`{table}` RETAIN 0 HOURS")
+    vacuumed = deltalake.DeltaTable(str(table)).version()  # VACUUM logs its own commits
+    with pytest.raises(RecoveryPointError, match="can no longer be restored"):
+        spark_recover.rollback(point="old", root=recover_root, spark=spark, echo=False)
+    assert deltalake.DeltaTable(str(table)).version() == vacuumed  # nothing changed
+
+
+def _no_retention_check(spark):
+    from spark_recover.sinks import session_confs
+    return session_confs(spark, {"spark.databricks.delta.retentionDurationCheck.enabled": "false"})
+
+
+def test_rollback_of_running_run_is_refused(spark, sink_job, source_data, recover_root):
+    from spark_recover.fingerprint import digest
+    from spark_recover.ledger import this_process
+
+    ledger = Ledger(Layout.at(recover_root))
+    ledger.append("live-run", "sink_sales", "run_started",
+                  detail={"params": {}, "params_key": digest({}, 16), "stages": [], "process": this_process()})
+    with pytest.raises(RefusedError, match="still running"):
+        spark_recover.rollback("live-run", root=recover_root, spark=spark, echo=False)
+    unknown = run_cli("rollback", "20990101T000000Z-000000", "--root", recover_root)
+    assert unknown.returncode == 2 and "unknown run id" in unknown.stderr
