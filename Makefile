@@ -24,6 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.overhead
+	$(BIN)/python -m bench.rollback
 
 clean:
 	rm -rf $(VENV) .spark-recover demo-data

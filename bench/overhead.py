@@ -14,7 +14,6 @@ Run: ``make bench`` (or ``.venv/bin/python -m bench.overhead``).
 
 from __future__ import annotations
 
-import json
 import statistics
 import subprocess
 import sys
@@ -30,6 +29,8 @@ from spark_recover.ledger import Ledger
 from spark_recover.plan import plan_run
 from spark_recover.storage import Layout
 from spark_recover.testing import TEST_SPARK_CONFS
+
+from . import save_results
 
 
 def timed(fn: Callable[[], object], repeat: int) -> dict[str, float]:
@@ -63,8 +64,10 @@ def main() -> None:
     location = str(work / "ckpt")
     written = checkpoint.write(df, location, {"warm": "up"})
     results["verify_checkpoint"] = timed(lambda: checkpoint.verify(location, written.version), 20)
+    import deltalake
     from delta.tables import DeltaTable
-    results["commit_lookup"] = timed(
+    results["commit_lookup"] = timed(lambda: deltalake.DeltaTable(location).history(1)[0], 20)
+    results["commit_lookup_jvm_for_comparison"] = timed(
         lambda: DeltaTable.forPath(spark, location).history(1).select("version", "operationMetrics").first(), 10)
     results["delta_write_100k"] = timed(lambda: df.write.format("delta").mode("overwrite").save(location), 5)
     results["parquet_write_100k"] = timed(lambda: df.write.mode("overwrite").parquet(str(work / "pq")), 5)
@@ -88,10 +91,7 @@ def main() -> None:
                                                        check=True, capture_output=True), 5)
     results["cli_show"] = timed(lambda: subprocess.run(cli + ["show", "run7", "--root", layout.root],
                                                        check=True, capture_output=True), 5)
-    print(json.dumps(results, indent=2))
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "overhead.json").write_text(json.dumps(results, indent=2))
+    save_results("overhead", results)
 
 
 if __name__ == "__main__":

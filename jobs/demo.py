@@ -1,12 +1,16 @@
-"""The demo (`make demo`): a clean run, a crash in a late stage, a resume, and R.
+"""The demo (`make demo`): clean run, rollback, crash in a late stage, resume, R.
 
 1. Generate the demo sources (2,000,000 orders, fixed seed) as Delta tables,
    once, under ``demo-data/sources``.
-2. Run ``jobs/demo_sales.py`` cleanly: its time is T_t.
-3. Run it again with a crash injected before its sixth stage (the process
+2. Run ``jobs/demo_sales.py`` cleanly: its time is T_t. It publishes three
+   sink tables under ``demo-data/warehouse``.
+3. Roll that run back: every sink table it wrote is restored (here: removed,
+   since the run created them), verified, and timed.
+4. Run the job again with a crash injected before its sixth stage (the process
    SIGKILLs itself, as a lost driver would).
-4. Resume the crashed run: the resume reuses the five finished stages and
-   recomputes the rest; its time is T_f, and R = T_f / T_t.
+5. Resume the crashed run: it reuses the five finished stages, recomputes the
+   rest, publishes the sinks once; its time is T_f, and R = T_f / T_t.
+6. Check the published tables row by row against the clean run's outputs.
 
 Every step goes through the ``spark-recover`` CLI, in its own process, as a
 user would run it.
@@ -20,6 +24,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 from spark_recover.config import Settings
@@ -83,31 +88,61 @@ def main(argv: list[str] | None = None) -> int:
         print(f"generating {args.rows:,} orders under {data} ...", flush=True)
         shutil.rmtree(data, ignore_errors=True)
         generate(data, args.rows)
-    shutil.rmtree(root, ignore_errors=True)  # every demo starts from an empty ledger
+    warehouse = Path(args.dir) / "warehouse"
+    for folder in (root, warehouse):  # every demo starts from an empty ledger and warehouse
+        shutil.rmtree(folder, ignore_errors=True)
     from spark_recover.session import resolve_delta_jars
-    resolve_delta_jars()  # the three runs below inherit the resolved jars
-    run = ["run", JOB, "-p", f"data={data.resolve()}", "--root", str(root)]
+    resolve_delta_jars()  # the runs below inherit the resolved jars
+    run = ["run", JOB, "-p", f"data={data.resolve()}", "-p", f"warehouse={warehouse.resolve()}",
+           "--root", str(root)]
 
     if _cli(*run) != 0:
         return 1
+    clean = runs_of(str(root))[-1]
+    if _cli("rollback", clean.run_id, "--root", str(root)) != 0:
+        return 1
     crashed_code = _cli(*run, env={FAILPOINT_ENV: CRASH_AT})
     print(f"(the run died with exit code {crashed_code}: SIGKILL at {CRASH_AT})")
-    clean, crashed = runs_of(str(root))[-2:]
+    crashed = runs_of(str(root))[-1]
     if _cli("resume", crashed.run_id, "--root", str(root)) != 0:
         return 1
-    resumed = runs_of(str(root))[-1]
+    runs = runs_of(str(root))
+    clean = next(r for r in runs if r.run_id == clean.run_id)  # re-read: now with its rollback
+    resumed = next(r for r in runs if r.origin_run_id == crashed.run_id)
+    return _report(clean, resumed)
+
+
+def _rows(uri: str, version: int | None = None) -> Counter:
+    import deltalake
+
+    table = deltalake.DeltaTable(uri, version=version).to_pyarrow_table()
+    return Counter(tuple(row.values()) for row in table.to_pylist())
+
+
+def _report(clean, resumed) -> int:
     m = resumed.to_json()["metrics"]
-    reused = [s.name for s in resumed.stage_list() if s.reused]
-    print("\nper stage:")
+    print("\nper stage of the resume:")
     for s in resumed.stage_list():
         print(f"  {s.name:<16} {'reused' if s.reused else 'recomputed because ' + str(s.reason)}")
-    print(f"\nclean run      T_t = {clean.total_seconds:.1f}s  ({clean.run_id})")
-    print(f"resume         T_f = {resumed.total_seconds:.1f}s  ({resumed.run_id}, reused {len(reused)} "
-          f"of {len(resumed.stages)} stages)")
+    print("\nsink tables after the resume, against the clean run's checkpoints (read with delta-rs):")
+    ok = True
+    for sink in resumed.to_json()["sinks"]:
+        stage = clean.stages[sink["stage"]]
+        want, got = _rows(stage.checkpoint, stage.version), _rows(sink["table"])
+        duplicates = sum(max(0, n - want[row]) for row, n in got.items() if row in want)
+        missing = sum(max(0, n - got[row]) for row, n in want.items())
+        extra = sum(n for row, n in got.items() if row not in want)
+        ok &= duplicates == missing == extra == 0
+        print(f"  {Path(sink['table']).name:<16} {sink['mode']:<9} rows={sum(got.values()):>8,}  "
+              f"duplicates={duplicates} missing={missing} extra={extra}")
+    print(f"\nclean run      T_t = {clean.total_seconds:.1f}s  ({clean.run_id}, rolled back since)")
+    print(f"resume         T_f = {resumed.total_seconds:.1f}s  ({resumed.run_id}, reused "
+          f"{sum(s.reused for s in resumed.stage_list())} of {len(resumed.stages)} stages)")
     print(f"recovery ratio R = T_f / T_t = {m['recovery_ratio']}")
+    rollback = clean.rollback or {}
     print(json.dumps({"clean_seconds": clean.total_seconds, "resume_seconds": resumed.total_seconds,
-                      "recovery_ratio": m["recovery_ratio"]}))
-    return 0 if resumed.status == "succeeded" else 1
+                      "recovery_ratio": m["recovery_ratio"], "rollback": rollback.get("metrics")}))
+    return 0 if resumed.status == "succeeded" and ok else 1
 
 
 if __name__ == "__main__":

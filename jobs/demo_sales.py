@@ -2,9 +2,10 @@
 
 Seven stages: a filter, two joins, two aggregations and two window functions,
 over three Delta sources (orders, customers, products) that
-``python -m jobs.demo`` generates with a fixed seed.
+``python -m jobs.demo`` generates with a fixed seed. Three stages are published
+to sinks under ``{warehouse}``: an append log, a merge (upsert) and an overwrite.
 
-    spark-recover run jobs/demo_sales.py -p data=demo-data/sources -p top_n=10
+    spark-recover run jobs/demo_sales.py -p data=demo-data/sources -p warehouse=demo-data/warehouse
 """
 
 from pyspark.sql import Window
@@ -66,6 +67,10 @@ def country_trend(daily_revenue):
     week = Window.partitionBy("country").orderBy("day").rowsBetween(-6, 0)
     return per_day.withColumn("revenue_7d_avg", F.round(F.avg("revenue").over(week), 2))
 
+
+job.sink("daily_revenue", path="{warehouse}/daily_revenue", mode="append")
+job.sink("customer_value", path="{warehouse}/customer_value", mode="merge", keys=["customer_id"])
+job.sink("top_customers", path="{warehouse}/top_customers", mode="overwrite")
 
 if __name__ == "__main__":
     job.main()

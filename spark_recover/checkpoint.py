@@ -36,28 +36,32 @@ def _int(metrics: Mapping[str, Any], key: str) -> int | None:
     return int(value) if value is not None else None
 
 
-def write(df, location: str, metadata: Mapping[str, Any]) -> Written:
+def write(df, location: str, metadata: Mapping[str, Any],
+          storage_options: Mapping[str, str] | None = None) -> Written:
     """Overwrite the checkpoint table at ``location`` with ``df`` in one commit.
+
+    The commit is read back with delta-rs straight from the Delta log (a few
+    milliseconds, against ~0.2 s for a JVM ``history(1)``) and must carry our
+    ``userMetadata``.
 
     >>> w = write(df, layout.checkpoint("job", key, "cleaned"), {"run_id": rid, "stage": "cleaned"})  # doctest: +SKIP
     >>> w.version, w.rows   # doctest: +SKIP
     (0, 1998001)
     """
-    from delta.tables import DeltaTable
+    import deltalake
 
     tag = json.dumps(dict(metadata), sort_keys=True)
-    uri = spark_uri(location)
     (df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
-     .option("userMetadata", tag).save(uri))
-    last = (DeltaTable.forPath(df.sparkSession, uri).history(1)
-            .select("version", "userMetadata", "operationMetrics").first())
-    if last is None or last["userMetadata"] != tag:
+     .option("userMetadata", tag).save(spark_uri(location)))
+    history = deltalake.DeltaTable(native_uri(location), storage_options=dict(storage_options or {}) or None)
+    last = history.history(1)[0] if history.version() >= 0 else None
+    if last is None or last.get("userMetadata") != tag:
         # Another writer committed on top of ours: refuse to record a version we cannot vouch for.
         raise CheckpointError("checkpoint commit could not be identified",
                               f"expected the latest commit of {location} to carry {tag}, "
-                              f"found {last['userMetadata'] if last else 'no commit'}",
+                              f"found {last.get('userMetadata') if last else 'no commit'}",
                               location=location)
-    metrics = last["operationMetrics"] or {}
+    metrics = last.get("operationMetrics") or {}
     return Written(version=int(last["version"]), rows=_int(metrics, "numOutputRows"),
                    files=_int(metrics, "numFiles"), bytes=_int(metrics, "numOutputBytes"))
 

@@ -93,6 +93,12 @@ def _parser() -> argparse.ArgumentParser:
     plist = point_sub.add_parser("list", help="list named recovery points")
     plist.add_argument("--json", action="store_true")
     _common(plist)
+    gc = sub.add_parser("gc", help="remove checkpoints no resumable run needs")
+    gc.add_argument("--keep-days", type=float, default=7.0,
+                    help="recovery window: keep every run younger than this (default 7)")
+    gc.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
+    gc.add_argument("--json", action="store_true")
+    _common(gc)
     runs = sub.add_parser("runs", help="list runs")
     runs.add_argument("--job", help="only runs of this job")
     runs.add_argument("--json", action="store_true")
@@ -195,6 +201,17 @@ def _cmd_point(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gc(args: argparse.Namespace) -> int:
+    from .retention import gc
+
+    if args.keep_days < 0:
+        raise UsageError("bad --keep-days", f"expected a number of days >= 0, found {args.keep_days}")
+    report = gc(args.keep_days, settings=_settings(args), dry_run=args.dry_run, echo=not args.json)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    return 0
+
+
 def _cmd_runs(args: argparse.Namespace) -> int:
     from .report import runs_text
 
@@ -221,7 +238,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"run": _cmd_run, "resume": _cmd_resume, "redo": _cmd_redo, "rollback": _cmd_rollback,
-             "point": _cmd_point, "runs": _cmd_runs, "show": _cmd_show}
+             "point": _cmd_point, "gc": _cmd_gc, "runs": _cmd_runs, "show": _cmd_show}
 
 
 def _guarded(call, *args: Any) -> int:

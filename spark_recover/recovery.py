@@ -18,7 +18,7 @@ from .config import Settings, load_settings
 from .errors import RecoverError, RefusedError, UnknownRunError, UsageError
 from .ledger import Ledger, RunRecord
 from .sinks import TableState, physical_uri, session_confs, table_state
-from .storage import Layout, Target, spark_uri
+from .storage import Layout, Target, delete_tree
 
 __all__ = ["rollback", "create_point", "list_points", "redo", "RecoveryPointError"]
 
@@ -156,7 +156,8 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
         targets = {t: s for t, s in (record.recovery_point or {}).items() if t in written}
         journal_id, ours, check_foreign = run_id, _lineage(ledger, record), True
     catalog = {t: bool(s.get("catalog")) for t, s in targets.items()}
-    spark = _spark(spark, settings) if targets else spark
+    if any(catalog.values()):  # a catalog table's location needs Spark; paths are read by delta-rs
+        spark = _spark(spark, settings)
     states = {t: table_state(spark, Target(t, catalog[t])) for t in targets}
 
     if check_foreign:
@@ -176,6 +177,7 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
                     f"version {target_point['version']}: {problem} (VACUUM removed it?); nothing was changed",
                     table=table)
 
+    spark = _spark(spark, settings) if targets else spark  # checks passed: now the JVM is worth it
     ledger.append(journal_id, "", "rollback_started", detail={"targets": targets, "force": force})
     failpoints.hit("rollback", "before_restore")
     restored, started = [], time.monotonic()
@@ -216,9 +218,7 @@ def _restore(spark, target: Target, state: TableState, point: Mapping[str, Any],
         if target.catalog:
             spark.sql(f"DROP TABLE IF EXISTS {target.location}")
         else:
-            jvm = spark._jvm
-            path = jvm.org.apache.hadoop.fs.Path(spark_uri(target.location))
-            path.getFileSystem(spark._jsc.hadoopConfiguration()).delete(path, True)
+            delete_tree(spark, target.location)
         return {"files": 0, "removed_table": True}
     with session_confs(spark, {"spark.databricks.delta.commitInfo.userMetadata": tag}):
         row = spark.sql(f"RESTORE TABLE {target.ident} TO VERSION AS OF {int(point['version'])}").first()

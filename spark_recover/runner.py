@@ -9,12 +9,14 @@ crash at any instant leaves a record a resume can build on:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import secrets
 import sys
 import time
 import traceback
+from types import MappingProxyType
 from typing import Any, Callable, Collection, Mapping
 
 from . import __version__, checkpoint, failpoints, sinks, sources
@@ -122,7 +124,7 @@ def _refuse(holders: list[RunRecord]) -> RefusedError:
 def _clean_seconds(ledger_runs: list[RunRecord], record: RunRecord) -> tuple[float | None, str]:
     """T_t: a clean run's total time (the newest full, non-resumed success), else an estimate."""
     clean = [r for r in ledger_runs if r.params_key == record.params_key and r.origin_run_id is None
-             and r.status == "succeeded" and r.total_seconds]
+             and r.final_status == "succeeded" and r.total_seconds]  # a later rollback does not matter
     if clean:
         return clean[-1].total_seconds, f"clean run {clean[-1].run_id}"
     compute = [s.parts.get("compute_seconds") for s in record.stages.values()]
@@ -166,9 +168,11 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
             continue
         old = resume_from.sources.get(src.name) if resume_from else None
         # A replay reads Delta sources at the versions its origin pinned (same input);
-        # files-based sources are re-listed so a change is seen.
-        pins[src.name] = old if (old and old.get("kind") == "delta" and not refresh_sources) \
-            else sources.pin(spark, src, params)
+        # files-based sources are re-listed so a change is seen, and a source whose
+        # location changed with a parameter override is pinned afresh.
+        keep = (old is not None and old.get("kind") == "delta" and not refresh_sources
+                and old.get("location") == src.location(params))
+        pins[src.name] = old if keep else sources.pin(spark, src, params)
     plans = plan_run(job, params, pins, origin=resume_from, rerun=rerun,
                      verify=lambda rec: checkpoint.verify(rec.checkpoint, rec.version, layout.storage_options))
 
@@ -197,6 +201,12 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
         status, error = "succeeded", None
     except StageError as exc:
         status, error = "failed", exc.detail
+    except BaseException as exc:  # interrupted (Ctrl-C in a notebook), or the ledger failed
+        heartbeat.stop()
+        with contextlib.suppress(Exception):  # record it if we still can: the run is not running
+            log("run_finished", status="failed", seconds=round(time.monotonic() - started, 3),
+                error=f"interrupted: {type(exc).__name__}: {exc}"[:2000])
+        raise
     finally:
         heartbeat.stop()
     total = time.monotonic() - started
@@ -252,7 +262,6 @@ def _execute(job: Job, spark, layout: Layout, plans: list[StagePlan], pins: Mapp
         try:
             kwargs = {i: frame(i) for i in plan.stage.inputs}
             if plan.stage.wants_params:
-                from types import MappingProxyType
                 kwargs["params"] = MappingProxyType(dict(params))
             if plan.stage.wants_spark:
                 kwargs["spark"] = spark
@@ -260,7 +269,7 @@ def _execute(job: Job, spark, layout: Layout, plans: list[StagePlan], pins: Mapp
             _check_dataframe(plan.name, out)
             written = checkpoint.write(out, layout.checkpoint(job.name, params_key, plan.name),
                                        {"run_id": run_id, "stage": plan.name,
-                                        "fingerprint": plan.fingerprint})
+                                        "fingerprint": plan.fingerprint}, layout.storage_options)
         except Exception as exc:
             seconds = time.monotonic() - t0
             message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
@@ -323,7 +332,11 @@ def _publish(job: Job, spark, ledger: Ledger, params: Mapping[str, Any], params_
         failpoints.hit(sink.stage, "sink_after_commit")
         say(f"  sink {target.location} ({sink.mode}): " + (
             f"already committed as txn {txn_version}, skipped (no duplicate)" if written["skipped_duplicate"]
-            else f"version {written['version_before']} -> {written['version_after']}"))
+            else f"version {_version(written['version_before'])} -> {written['version_after']}"))
+
+
+def _version(version: int | None) -> str:
+    return "(absent)" if version is None else str(version)
 
 
 def _rows(rows: int | None) -> str:

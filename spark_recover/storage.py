@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Mapping
 
-__all__ = ["Layout", "Target", "spark_uri", "native_uri", "is_local"]
+__all__ = ["Layout", "Target", "spark_uri", "native_uri", "is_local", "delete_tree"]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 # Hadoop scheme -> the scheme delta-rs / pyarrow use for the same store.
@@ -89,10 +89,15 @@ class Layout:
     def ledger(self) -> str:
         return self._join("ledger", "events")
 
+    @property
+    def checkpoints(self) -> str:
+        """The folder holding every checkpoint table: ``<checkpoints>/<job>/<params key>/<stage>``."""
+        return self._join("checkpoints")
+
     def checkpoint(self, job: str, params_key: str, stage: str) -> str:
         # One table per (job, parameters, stage): runs with other parameters
         # never share, and so never conflict on or read, each other's table.
-        return self._join("checkpoints", job, params_key, stage)
+        return "/".join([self.checkpoints, job, params_key, stage])
 
 
 @dataclass(frozen=True)
@@ -116,3 +121,10 @@ class Target:
     def ident(self) -> str:
         """How Spark SQL names it."""
         return self.location if self.catalog else f"delta.`{spark_uri(self.location)}`"
+
+
+def delete_tree(spark, location: str) -> None:
+    """Delete a folder through Hadoop's FileSystem, so any URI the cluster reads works."""
+    jvm = spark._jvm
+    path = jvm.org.apache.hadoop.fs.Path(spark_uri(location))
+    path.getFileSystem(spark._jsc.hadoopConfiguration()).delete(path, True)

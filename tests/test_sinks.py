@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import deltalake
@@ -14,7 +15,7 @@ from spark_recover.job import load_job
 from spark_recover.ledger import Ledger
 from spark_recover.recovery import RecoveryPointError, create_point
 from spark_recover.storage import Layout
-from spark_recover.testing import crash_at, run_cli
+from spark_recover.testing import crash_at, kill_during, run_cli
 
 from conftest import JOBS
 from recovery_checks import assert_same_rows
@@ -75,6 +76,18 @@ def test_sink_crash_then_resume_is_exactly_once(spark, sink_job, source_data, cl
     assert [t for t in TABLES if sinks[t]["skipped_duplicate"]] == expect_skipped
     origin = Ledger(Layout.at(recover_root)).run(crashed.run_id)
     assert result.record.recovery_point == origin.recovery_point  # the replay keeps its origin's point
+
+
+def test_sigkill_during_sink_phase_then_resume(spark, sink_job, source_data, clean_sinks, recover_root, tmp_path):
+    out = tmp_path / "out"
+    params = {"data": str(source_data), "out": str(out), "day": "3"}
+    delay = random.Random(11).uniform(0.0, 1.5)  # seeded: the same moment on every run
+    killed = kill_during(SINK_JOB, root=recover_root, params=params, when=lambda run: bool(run.sinks),
+                         delay=delay)
+    assert killed.killed, killed.stdout + killed.stderr
+    result = sink_job.resume(killed.run_id, root=recover_root, spark=spark, echo=False)
+    assert result.status == "succeeded", result.error
+    _check_tables(spark, out, clean_sinks)
 
 
 def test_rollback_restores_every_table_and_is_idempotent(spark, sink_job, source_data, recover_root, tmp_path):

@@ -41,3 +41,20 @@ def test_stage_returning_non_dataframe_fails_clearly(spark, recover_root):
     assert "stage 'checked' returned int; expected a pyspark.sql.DataFrame" in result.error
     checked = [s for s in result.stages if s.name == "checked"][0]
     assert checked.status == "failed" and checked.version is None
+
+
+def test_fix_the_code_then_run_with_resume(recover_root, tmp_path):
+    job_file = tmp_path / "failing_job.py"
+    job_file.write_text(open(FAILING).read())
+    failed = run_cli("run", str(job_file), "-p", "fail=yes", "--root", recover_root)
+    assert failed.returncode == 1
+    fixed = open(FAILING).read().replace('raise ValueError("bad batch: negative totals")', "pass")
+    job_file.write_text(fixed)
+    resumed = run_cli("run", str(job_file), "-p", "fail=yes", "--resume", "--root", recover_root)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"resuming failed run {failed.run_id}" in resumed.stdout
+    assert (f"recomputed because it failed in run {failed.run_id}; since then code changed"
+            in resumed.stdout)
+    shown = json.loads(run_cli("show", resumed.run_id, "--json", "--root", recover_root).stdout)
+    assert shown["origin_run_id"] == failed.run_id
+    assert [s["reused"] for s in shown["stages"]] == [True, False]
