@@ -29,6 +29,7 @@ from pathlib import Path
 
 from spark_recover.config import Settings
 from spark_recover.failpoints import ENV as FAILPOINT_ENV
+from spark_recover.storage import read_delta
 from spark_recover.testing import runs_of
 
 JOB = str(Path(__file__).with_name("demo_sales.py"))
@@ -113,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _rows(uri: str, version: int | None = None) -> Counter:
-    import deltalake
-
-    table = deltalake.DeltaTable(uri, version=version).to_pyarrow_table()
+    table = read_delta(uri, version=version)
     return Counter(tuple(row.values()) for row in table.to_pylist())
 
 

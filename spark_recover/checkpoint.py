@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .errors import CheckpointError
-from .storage import native_uri, spark_uri
+from .storage import filesystem, native_uri, spark_uri
 
 __all__ = ["Written", "write", "read", "verify"]
 
@@ -89,7 +89,7 @@ def verify(location: str, version: int, storage_options: Mapping[str, str] | Non
     adds = pa.table(table.get_add_actions(flatten=True))
     expected = {urllib.parse.unquote(p): s for p, s in
                 zip(adds.column("path").to_pylist(), adds.column("size_bytes").to_pylist())}
-    fs, base = pafs.FileSystem.from_uri(uri if "://" in uri else "file://" + uri)
+    fs, base = filesystem(location)
     found = {info.path[len(base.rstrip("/")) + 1:]: info.size
              for info in fs.get_file_info(pafs.FileSelector(base, recursive=True))
              if info.type == pafs.FileType.File}

@@ -21,6 +21,8 @@ __all__ = [
     "CheckpointError",
     "LedgerError",
     "RefusedError",
+    "RecoveryPointError",
+    "RollbackError",
 ]
 
 
@@ -71,6 +73,16 @@ class LedgerError(RecoverError):
 
 class StageError(RecoverError):
     """A stage raised, or returned something other than a DataFrame."""
+
+    exit_code = 1
+
+
+class RecoveryPointError(RecoverError):
+    """A recovery point is unknown, or can no longer be restored (its files were vacuumed)."""
+
+
+class RollbackError(RecoverError):
+    """A restore did not produce the recovery point's content."""
 
     exit_code = 1
 

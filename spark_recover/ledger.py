@@ -28,7 +28,7 @@ from typing import Any, Iterable, Mapping
 import pyarrow as pa
 
 from .errors import LedgerError, UnknownRunError
-from .storage import Layout, native_uri
+from .storage import Layout, native_uri, read_delta
 
 __all__ = ["Ledger", "RunRecord", "StageRecord", "Heartbeat", "SCHEMA", "apply_event", "this_process"]
 
@@ -298,16 +298,14 @@ class Ledger:
         import deltalake
         import pyarrow.dataset as ds
 
+        flt = ds.field("run_id") == run_id if run_id else None
         try:
-            table = deltalake.DeltaTable(self.uri, storage_options=self.storage_options)
+            table = read_delta(self.uri, filter=flt, storage_options=self.storage_options)
         except deltalake.exceptions.TableNotFoundError:
             return []
         except Exception as exc:
             raise LedgerError("could not read the ledger", f"{self.uri}: {exc}", uri=self.uri) from exc
-        dataset = table.to_pyarrow_dataset()
-        flt = ds.field("run_id") == run_id if run_id else None
-        rows = dataset.to_table(filter=flt).sort_by("ts").to_pylist()
-        return rows
+        return table.sort_by("ts").to_pylist()
 
     def _fold(self, events: Iterable[Mapping[str, Any]]) -> dict[str, RunRecord]:
         runs: dict[str, RunRecord] = {}

@@ -11,20 +11,16 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from . import checkpoint, failpoints
 from .config import Settings, load_settings
-from .errors import RecoverError, RefusedError, UnknownRunError, UsageError
+from .errors import RecoveryPointError, RefusedError, RollbackError, UnknownRunError, UsageError
 from .ledger import Ledger, RunRecord
-from .sinks import TableState, physical_uri, session_confs, table_state
+from .sinks import TableState, session_confs, table_state
 from .storage import Layout, Target, delete_tree
 
-__all__ = ["rollback", "create_point", "list_points", "redo", "RecoveryPointError"]
-
-
-class RecoveryPointError(RecoverError):
-    """A recovery point cannot be restored (its files were vacuumed, or it is unknown)."""
+__all__ = ["rollback", "create_point", "list_points", "redo"]
 
 
 def _ledger(settings: Settings) -> Ledger:
@@ -192,7 +188,7 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
         failpoints.hit("rollback", "after_restore")
         after = table_state(spark, target)
         if not _at_point(after, target_point):
-            raise RecoverError(f"restore of {table} did not verify",
+            raise RollbackError(f"restore of {table} did not verify",
                                f"expected the content of version {target_point.get('version')}, "
                                f"found version {after.version} with other files", table=table)
         seconds = round(time.monotonic() - t0, 3)

@@ -19,7 +19,7 @@ from typing import Any
 from .config import Settings, load_settings
 from .ledger import Ledger, RunRecord
 from .sinks import session_confs
-from .storage import Layout, native_uri, spark_uri, delete_tree
+from .storage import Layout, delete_tree, filesystem, native_uri, spark_uri
 
 __all__ = ["gc"]
 
@@ -39,8 +39,7 @@ def _needed_runs(runs: list[RunRecord], keep_days: float, now: dt.datetime) -> l
 def _checkpoint_tables(layout: Layout) -> list[str]:
     import pyarrow.fs as pafs
 
-    uri = native_uri(layout.checkpoints)
-    fs, base = pafs.FileSystem.from_uri(uri if "://" in uri else "file://" + uri)
+    fs, base = filesystem(layout.checkpoints)
     found = []
 
     def children(path: str) -> list[str]:

@@ -13,7 +13,6 @@ import contextlib
 import datetime as dt
 import json
 import secrets
-import sys
 import time
 import traceback
 from types import MappingProxyType

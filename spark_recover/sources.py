@@ -13,13 +13,9 @@ from typing import Any, Mapping
 from .errors import UsageError
 from .fingerprint import digest
 from .job import Source
-from .storage import native_uri, spark_uri
+from .storage import Target, filesystem, spark_uri
 
 __all__ = ["pin", "read"]
-
-
-def _delta_ident(source: Source, location: str) -> str:
-    return location if source.table is not None else f"delta.`{spark_uri(location)}`"
 
 
 def pin(spark, source: Source, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -27,7 +23,8 @@ def pin(spark, source: Source, params: Mapping[str, Any]) -> dict[str, Any]:
     location = source.location(params)
     if source.format == "delta":
         try:
-            row = spark.sql(f"DESCRIBE HISTORY {_delta_ident(source, location)} LIMIT 1").first()
+            ident = Target(location, catalog=source.table is not None).ident
+            row = spark.sql(f"DESCRIBE HISTORY {ident} LIMIT 1").first()
         except Exception as exc:
             raise UsageError(f"source {source.name!r} is not a readable Delta table",
                              f"expected a Delta table at {location!r}: {str(exc).splitlines()[0]}",
@@ -39,8 +36,7 @@ def pin(spark, source: Source, params: Mapping[str, Any]) -> dict[str, Any]:
 def _listing(source: Source, location: str) -> dict[str, Any]:
     import pyarrow.fs as pafs
 
-    uri = native_uri(location)
-    fs, base = pafs.FileSystem.from_uri(uri if "://" in uri else "file://" + uri)
+    fs, base = filesystem(location)
     info = fs.get_file_info(base)
     if info.type == pafs.FileType.NotFound:
         raise UsageError(f"source {source.name!r} not found",
