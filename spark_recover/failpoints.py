@@ -32,16 +32,21 @@ STAGE_POINTS = ("before", "after_write", "after_commit",
 ROLLBACK_POINTS = ("before_restore", "after_restore")
 
 
-def check(stages: Collection[str]) -> tuple[str, str] | None:
-    """Validate ``$SPARK_RECOVER_FAILPOINT`` against a job's stages (or ``rollback``)."""
+def check(stages: Collection[str] | None) -> tuple[str, str] | None:
+    """Validate ``$SPARK_RECOVER_FAILPOINT`` against a job's stages (or ``rollback``).
+
+    With ``stages=None`` (a rollback, which knows no job) only rollback points are checked.
+    """
     spec = os.environ.get(ENV)
     if not spec:
         return None
     stage, _, point = spec.partition(":")
+    if stages is None and stage != "rollback":
+        return None
     ok = point in ROLLBACK_POINTS if stage == "rollback" else (stage in stages and point in STAGE_POINTS)
     if not ok:
         raise UsageError(f"bad {ENV} value {spec!r}",
-                         f"expected <stage>:<point> with stage one of {sorted(stages)} and point "
+                         f"expected <stage>:<point> with stage one of {sorted(stages or ())} and point "
                          f"one of {list(STAGE_POINTS)}, or rollback:<point> with point one of "
                          f"{list(ROLLBACK_POINTS)}", value=spec)
     return stage, point

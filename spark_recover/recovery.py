@@ -132,7 +132,7 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
         raise UsageError("rollback needs a run id or --point NAME", "expected exactly one of them")
     settings = settings or load_settings(root=root)
     ledger = _ledger(settings)
-    failpoints.check(())
+    failpoints.check(None)
     if point is not None:
         points = ledger.points()
         if point not in points:
