@@ -87,8 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     point_sub = point.add_subparsers(dest="point_command", required=True)
     create = point_sub.add_parser("create", help="record the current version of tables")
     create.add_argument("name")
-    create.add_argument("--table", action="append", required=True, metavar="TABLE",
-                        help="a Delta table path or catalog name (repeatable)")
+    create.add_argument("--table", action="extend", nargs="+", required=True, metavar="TABLE",
+                        help="Delta table paths or catalog names (--table a b, or --table a --table b)")
     _common(create)
     plist = point_sub.add_parser("list", help="list named recovery points")
     plist.add_argument("--json", action="store_true")

@@ -84,6 +84,30 @@ def _at_point(state: TableState, point: Mapping[str, Any]) -> bool:
     return state.exists and _files(state.uri) == _files(state.uri, int(point["version"]))
 
 
+def _tag(commit: Mapping[str, Any]) -> dict[str, Any]:
+    """A commit's ``userMetadata`` as we write it (JSON), or ``{}``."""
+    try:
+        meta = json.loads(commit.get("userMetadata") or "{}")
+    except ValueError:
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def _restored_before_crash(state: TableState, point: Mapping[str, Any], journal_id: str) -> dict[str, Any] | None:
+    """The journal entry of a RESTORE an earlier attempt committed but did not journal (it crashed)."""
+    import deltalake
+
+    if not state.exists:
+        return None
+    last = deltalake.DeltaTable(state.uri).history(1)[0]
+    if last.get("operation") != "RESTORE" or _tag(last).get("rollback_of") != journal_id:
+        return None
+    metrics = last.get("operationMetrics") or {}
+    return {"table": point.get("table"), "to_version": point.get("version"), "restore_version": last["version"],
+            "seconds": None, "files": sum(int(metrics.get(k) or 0) for k in ("numRestoredFiles", "numRemovedFiles")),
+            "journaled_after_crash": True}
+
+
 def _foreign_commits(state: TableState, point: Mapping[str, Any], ours: set[str]) -> list[str]:
     """Commits after the point that neither this run's lineage nor a rollback made."""
     import deltalake
@@ -95,10 +119,7 @@ def _foreign_commits(state: TableState, point: Mapping[str, Any], ours: set[str]
     for commit in deltalake.DeltaTable(state.uri).history():
         if commit["version"] <= since:
             continue
-        try:
-            meta = json.loads(commit.get("userMetadata") or "{}")
-        except ValueError:
-            meta = {}
+        meta = _tag(commit)
         if meta.get("run_id") in ours or meta.get("rollback_of") in ours:
             continue
         out.append(f"version {commit['version']} ({commit.get('operation')} at "
@@ -139,7 +160,7 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
             raise RecoveryPointError(f"unknown recovery point {point!r}",
                                      f"known points: {sorted(points) or 'none'}", point=point)
         journal_id, targets, ours = f"point:{point}", points[point]["tables"], set()
-        check_foreign = False
+        check_foreign, earlier = False, None
     else:
         record = ledger.run(run_id)
         if record.status == "running":
@@ -151,6 +172,8 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
         written = set(record.sinks)
         targets = {t: s for t, s in (record.recovery_point or {}).items() if t in written}
         journal_id, ours, check_foreign = run_id, _lineage(ledger, record), True
+        # An unfinished journal: an earlier attempt crashed; what it restored stays restored.
+        earlier = dict(record.rollback["restored"]) if record.rollback else None
     catalog = {t: bool(s.get("catalog")) for t, s in targets.items()}
     if any(catalog.values()):  # a catalog table's location needs Spark; paths are read by delta-rs
         spark = _spark(spark, settings)
@@ -181,7 +204,13 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
         target = Target(table, catalog[table])
         state = table_state(spark, target)
         if _at_point(state, target_point):
-            say(f"  {table}: already at its recovery point")
+            found = (_restored_before_crash(state, {**target_point, "table": table}, journal_id)
+                     if earlier is not None and table not in earlier else None)
+            if found:
+                ledger.append(journal_id, "", "table_restored", detail=found)
+                restored.append(found)
+            say(f"  {table}: " + (f"restored as version {found['restore_version']} before a crash; journaled now"
+                                  if found else "already at its recovery point"))
             continue
         t0 = time.monotonic()
         metrics = _restore(spark, target, state, target_point, journal_id)
@@ -199,8 +228,10 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
         say(f"  {table}: restored to version {target_point.get('version') if target_point.get('exists') else '(absent)'}"
             f" in {seconds:.2f}s")
     total = time.monotonic() - started
+    restored = list((earlier or {}).values()) + restored  # the whole rollback, across attempts
     n = len(restored)
-    mean = sum(e["seconds"] for e in restored) / n if n else 0.0
+    timed = [e["seconds"] for e in restored if e.get("seconds") is not None]
+    mean = sum(timed) / len(timed) if timed else 0.0
     summary = {"tables": n, "files": sum(e.get("files", 0) for e in restored), "seconds": round(total, 3),
                "recovery_rate": round(n / mean, 3) if mean else None}
     ledger.append(journal_id, "", "rollback_finished", detail={"metrics": summary})

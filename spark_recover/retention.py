@@ -101,7 +101,11 @@ def gc(keep_days: float = 7.0, *, root: str | None = None, settings: Settings | 
         retain = max(1, math.ceil(age_hours) + 1)
         report["vacuumed_tables"].append({"table": table, "oldest_needed_version": oldest, "retain_hours": retain})
         if not dry_run:
-            with session_confs(spark, {"spark.databricks.delta.retentionDurationCheck.enabled": "false"}):
+            # VACUUM lists the table with one task per `parallelism` paths, 10,000 by default:
+            # minutes of empty tasks on a small cluster for a checkpoint table of a few files.
+            with session_confs(spark, {"spark.databricks.delta.retentionDurationCheck.enabled": "false",
+                                       "spark.sql.sources.parallelPartitionDiscovery.parallelism":
+                                           str(spark.sparkContext.defaultParallelism)}):
                 spark.sql(f"VACUUM delta.`{spark_uri(table)}` RETAIN {retain} HOURS")
     sink_tables = {t for r in runs for t in (r.recovery_point or {})}
     sink_tables |= {t for p in ledger.points().values() for t in p["tables"]}

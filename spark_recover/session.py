@@ -139,9 +139,12 @@ def local_confs(settings: Settings, jars: list[str]) -> dict[str, str]:
         "spark.databricks.delta.snapshotPartitions": "2",
         "spark.sql.session.timeZone": "UTC",
     }
-    if not settings.verbose:
-        confs["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile=file:{_QUIET_LOG4J}"
     confs.update(settings.spark)
+    java_options = confs.get("spark.driver.extraJavaOptions", "")
+    if not settings.verbose and "log4j2.configurationFile" not in java_options:
+        # Quiet unless asked, keeping any JVM options the settings give.
+        confs["spark.driver.extraJavaOptions"] = \
+            f"{java_options} -Dlog4j2.configurationFile=file:{_QUIET_LOG4J}".strip()
     return confs
 
 

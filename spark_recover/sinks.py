@@ -155,12 +155,20 @@ def _merge(spark, sink: Sink, target: Target, df, app: str, txn_version: int, ta
 
 @contextlib.contextmanager
 def session_confs(spark, confs: Mapping[str, str]) -> Iterator[None]:
-    """Set session confs for one operation, under a lock, and always clear them."""
+    """Set session confs for one operation, under a lock, then put back what was there.
+
+    A conf the session did not set before is unset again, so transaction
+    identifiers never outlive the write they were set for.
+    """
     with _SESSION_CONF_LOCK:
+        before = {key: spark.conf.get(key, None) for key in confs}
         for key, value in confs.items():
             spark.conf.set(key, value)
         try:
             yield
         finally:
-            for key in confs:
-                spark.conf.unset(key)
+            for key, value in before.items():
+                if value is None:
+                    spark.conf.unset(key)
+                else:
+                    spark.conf.set(key, value)

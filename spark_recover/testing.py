@@ -45,6 +45,8 @@ TEST_SPARK_CONFS = {
     "spark.databricks.delta.snapshotPartitions": "1",
     "spark.sql.adaptive.coalescePartitions.initialPartitionNum": "2",
     "spark.driver.memory": "1g",
+    # Listing a table for VACUUM is one task per this many paths (default 10,000 tasks).
+    "spark.sql.sources.parallelPartitionDiscovery.parallelism": "2",
 }
 
 

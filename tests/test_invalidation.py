@@ -117,3 +117,33 @@ def test_damaged_checkpoint_is_detected_and_recomputed(spark, small_job, first_r
         assert result_.status == "succeeded"
         assert sorted(map(tuple, result_.output("summary").collect())) == \
             sorted(map(tuple, first_run.output("summary").collect()))
+
+
+PARQUET_JOB = '''
+from pyspark.sql import functions as F
+from spark_recover import Job
+
+job = Job("parquet_counts")
+events = job.source("events", path="{data}", format="parquet")
+
+@job.stage
+def per_day(events):
+    return events.groupBy("day").agg(F.count("*").alias("n"))
+'''
+
+
+def test_non_delta_source_change_is_seen_and_reported(spark, recover_root, tmp_path):
+    data = tmp_path / "events.parquet"
+    spark.createDataFrame([("1",), ("1",), ("2",)], "day string").write.parquet(str(data))
+    (tmp_path / "parquet_job.py").write_text(PARQUET_JOB)
+    job = load_job(str(tmp_path / "parquet_job.py"))
+    run = job.run({"data": str(data)}, root=recover_root, spark=spark, echo=False)
+    assert run.status == "succeeded", run.error
+    assert _decisions(job.resume(run.run_id, root=recover_root, spark=spark, echo=False)) == \
+        {"per_day": "reused"}
+
+    spark.createDataFrame([("3",)], "day string").write.mode("append").parquet(str(data))
+    moved = job.resume(run.run_id, root=recover_root, spark=spark, echo=False)
+    reason = _decisions(moved)["per_day"]
+    assert reason.startswith("source 'events' changed (") and "files" in reason, reason
+    assert sorted(map(tuple, moved.output("per_day").collect())) == [("1", 2), ("2", 1), ("3", 1)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 
 import deltalake
 import pyarrow as pa
@@ -14,6 +15,10 @@ from spark_recover.errors import RefusedError
 from spark_recover.fingerprint import digest
 from spark_recover.ledger import Ledger, this_process
 from spark_recover.storage import Layout, read_delta
+from spark_recover.testing import run_cli
+
+from conftest import SMALL_JOB
+from recovery_checks import assert_same_rows
 
 
 def test_checkpoints_and_ledger_open_in_delta_rs(spark, small_job, source_data, recover_root):
@@ -68,3 +73,24 @@ def test_dead_holder_does_not_block(spark, small_job, source_data, recover_root)
     assert Ledger(Layout.at(recover_root)).run(holder).status == "failed"
     result = small_job.run(params, root=recover_root, spark=spark, echo=False)
     assert result.status == "succeeded"
+
+
+def test_concurrent_runs_with_other_params_do_not_conflict(spark, small_job, source_data, clean_outputs,
+                                                           recover_root):
+    # Two driver processes at once, sharing the root (ledger and checkpoint folder).
+    thresholds = ("0", "5")
+    with ThreadPoolExecutor(len(thresholds)) as pool:
+        done = list(pool.map(lambda t: run_cli("run", SMALL_JOB, "--root", recover_root,
+                                                "-p", f"data={source_data}", "-p", f"threshold={t}"),
+                             thresholds))
+    assert [p.returncode for p in done] == [0, 0], [p.stderr[-2000:] for p in done]
+    runs = {r.params["threshold"]: r for r in Ledger(Layout.at(recover_root)).runs()}
+    assert sorted(runs) == sorted(thresholds) and {r.status for r in runs.values()} == {"succeeded"}
+    tables = [{s.checkpoint for s in r.stages.values()} for r in runs.values()]
+    assert not tables[0] & tables[1]  # each reads and writes its own checkpoint tables
+    clean, _ = clean_outputs
+    result = small_job.resume(runs["0"].run_id, root=recover_root, spark=spark, echo=False)
+    assert all(s.reused for s in result.stages)
+    assert_same_rows(spark, result.output("summary"), clean["summary"])
+    daily = small_job.resume(runs["5"].run_id, root=recover_root, spark=spark, echo=False).output("daily")
+    assert daily.where("total < 5").count() == 0 and daily.count() > 0
