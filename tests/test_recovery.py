@@ -65,10 +65,11 @@ def test_sigkill_at_random_moment_then_resume(spark, small_job, source_data, cle
             out = run_cli(*args, "--root", recover_root, env=NO_JAVA)
             seen[args[0]] = (out.returncode, json.loads(out.stdout), time.monotonic() - started)
 
-    # Kill at a random moment after the first stage started (seeded: reproducible).
-    delay = random.Random(7).uniform(0.0, 6.0)
+    # Kill at a random moment (seeded: reproducible) once two stages are checkpointed,
+    # so the kill lands mid-run with work to reuse.
+    delay = random.Random(7).uniform(0.0, 2.0)
     killed = kill_during(SMALL_JOB, root=recover_root, params={"data": str(source_data)},
-                         when=lambda run: any(s.status != "pending" for s in run.stages.values()),
+                         when=lambda run: sum(s.status == "succeeded" for s in run.stages.values()) >= 2,
                          delay=delay, while_running=inspect_live)
     assert killed.killed, killed.stderr
     code, shown, _ = seen["show"]
@@ -79,6 +80,7 @@ def test_sigkill_at_random_moment_then_resume(spark, small_job, source_data, cle
     record = json.loads(after.stdout)
     assert record["status"] == "failed" and "died" in record["error"]
     done = [s["name"] for s in record["stages"] if s["status"] == "succeeded"]
+    assert 2 <= len(done) < len(STAGES), done  # killed mid-run, not before or after it
 
     result = small_job.resume(killed.run_id, root=recover_root, spark=spark, echo=False)
     _check_recovered(spark, result, clean_outputs)
