@@ -46,6 +46,26 @@ def _stage_rows(record: RunRecord) -> list[list[Any]]:
             for s in record.stage_list()]
 
 
+_SINK_COLUMNS = ["sink table", "mode", "version before", "version after", "skipped duplicate", "txn", "status"]
+
+
+def _sink_rows(record: RunRecord) -> list[list[Any]]:
+    return [[table, s.get("mode"), s.get("version_before"), s.get("version_after"), s.get("skipped_duplicate"),
+             s.get("txn_version"), s.get("status")] for table, s in record.sinks.items()]
+
+
+def _rollback_text(record: RunRecord) -> str | None:
+    journal = record.rollback
+    if not journal:
+        return None
+    if journal.get("finished"):
+        m = journal.get("metrics") or {}
+        return (f"finished {journal.get('finished_at')}: {m.get('tables')} table(s) restored in "
+                f"{_cell(m.get('seconds'))}s")
+    return (f"started {journal.get('started_at')}, not finished: run "
+            f"`spark-recover rollback {record.run_id}` again to finish it")
+
+
 def _summary(record: RunRecord) -> list[tuple[str, str]]:
     data = record.to_json()
     lines = [("run", f"{record.run_id}  (job {record.job})"), ("status", data["status"]),
@@ -54,6 +74,9 @@ def _summary(record: RunRecord) -> list[tuple[str, str]]:
         lines.append(("origin", record.origin_run_id))
     if data["error"]:
         lines.append(("error", data["error"]))
+    rollback = _rollback_text(record)
+    if rollback:
+        lines.append(("rollback", rollback))
     metrics = {k: v for k, v in data["metrics"].items() if v is not None}
     if metrics:
         lines.append(("metrics", ", ".join(f"{k}={_cell(v)}" for k, v in sorted(metrics.items())
@@ -64,17 +87,22 @@ def _summary(record: RunRecord) -> list[tuple[str, str]]:
 def run_text(record: RunRecord) -> str:
     """A run as the terminal shows it (``spark-recover show``)."""
     head = "\n".join(f"{k:<8} {v}" for k, v in _summary(record))
-    return head + "\n\n" + table(_STAGE_COLUMNS, _stage_rows(record))
+    sinks = "\n\n" + table(_SINK_COLUMNS, _sink_rows(record)) if record.sinks else ""
+    return head + "\n\n" + table(_STAGE_COLUMNS, _stage_rows(record)) + sinks
+
+
+def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    th = "".join(f"<th>{html.escape(c)}</th>" for c in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table><tr>{th}</tr>{body}</table>"
 
 
 def run_html(record: RunRecord) -> str:
     """A run as Jupyter shows it."""
     head = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
                    f"<td style='text-align:left'>{html.escape(v)}</td></tr>" for k, v in _summary(record))
-    th = "".join(f"<th>{c}</th>" for c in _STAGE_COLUMNS)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>"
-                   for row in _stage_rows(record))
-    return f"<table>{head}</table><table><tr>{th}</tr>{body}</table>"
+    sinks = _html_table(_SINK_COLUMNS, _sink_rows(record)) if record.sinks else ""
+    return f"<table>{head}</table>" + _html_table(_STAGE_COLUMNS, _stage_rows(record)) + sinks
 
 
 def runs_text(records: Sequence[RunRecord]) -> str:

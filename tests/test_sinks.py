@@ -107,6 +107,8 @@ def test_rollback_restores_every_table_and_is_idempotent(spark, sink_job, source
     died = run_cli("rollback", run.run_id, "--root", recover_root,
                    env={"SPARK_RECOVER_FAILPOINT": "rollback:after_restore"})
     assert died.returncode == -9, died.stderr
+    half = run_cli("show", run.run_id, "--root", recover_root).stdout
+    assert f"not finished: run `spark-recover rollback {run.run_id}` again" in half
     finished = run_cli("rollback", run.run_id, "--root", recover_root, "--json")
     assert finished.returncode == 0, finished.stderr
     journal = json.loads(finished.stdout)
@@ -124,6 +126,9 @@ def test_rollback_restores_every_table_and_is_idempotent(spark, sink_job, source
         assert not deltalake.DeltaTable.is_deltatable(str(out / created))  # the run made them: gone
     record = Ledger(Layout.at(recover_root)).run(run.run_id)
     assert record.status == "rolled_back"
+    shown = run_cli("show", run.run_id, "--root", recover_root).stdout
+    assert "rollback finished" in shown and "4 table(s) restored" in shown
+    assert sum(line.startswith(str(out)) for line in shown.splitlines()) == 4  # one line per sink
     again = spark_recover.rollback(run.run_id, root=recover_root, spark=spark, echo=False)
     assert again["noop"] is True
 
