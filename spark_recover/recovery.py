@@ -93,8 +93,8 @@ def _tag(commit: Mapping[str, Any]) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def _restored_before_crash(state: TableState, point: Mapping[str, Any], journal_id: str) -> dict[str, Any] | None:
-    """The journal entry of a RESTORE an earlier attempt committed but did not journal (it crashed)."""
+def _restored_before_crash(state: TableState, journal_id: str) -> dict[str, Any] | None:
+    """The RESTORE an earlier attempt of this rollback committed but did not journal (it crashed)."""
     import deltalake
 
     if not state.exists:
@@ -103,9 +103,8 @@ def _restored_before_crash(state: TableState, point: Mapping[str, Any], journal_
     if last.get("operation") != "RESTORE" or _tag(last).get("rollback_of") != journal_id:
         return None
     metrics = last.get("operationMetrics") or {}
-    return {"table": point.get("table"), "to_version": point.get("version"), "restore_version": last["version"],
-            "seconds": None, "files": sum(int(metrics.get(k) or 0) for k in ("numRestoredFiles", "numRemovedFiles")),
-            "journaled_after_crash": True}
+    return {"restore_version": last["version"], "seconds": None, "journaled_after_crash": True,
+            "files": sum(int(metrics.get(k) or 0) for k in ("numRestoredFiles", "numRemovedFiles"))}
 
 
 def _foreign_commits(state: TableState, point: Mapping[str, Any], ours: set[str]) -> list[str]:
@@ -204,29 +203,28 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
         target = Target(table, catalog[table])
         state = table_state(spark, target)
         if _at_point(state, target_point):
-            found = (_restored_before_crash(state, {**target_point, "table": table}, journal_id)
+            found = (_restored_before_crash(state, journal_id)
                      if earlier is not None and table not in earlier else None)
-            if found:
-                ledger.append(journal_id, "", "table_restored", detail=found)
-                restored.append(found)
             say(f"  {table}: " + (f"restored as version {found['restore_version']} before a crash; journaled now"
                                   if found else "already at its recovery point"))
-            continue
-        t0 = time.monotonic()
-        metrics = _restore(spark, target, state, target_point, journal_id)
-        failpoints.hit("rollback", "after_restore")
-        after = table_state(spark, target)
-        if not _at_point(after, target_point):
-            raise RollbackError(f"restore of {table} did not verify",
-                               f"expected the content of version {target_point.get('version')}, "
-                               f"found version {after.version} with other files", table=table)
-        seconds = round(time.monotonic() - t0, 3)
-        entry = {"table": table, "to_version": target_point.get("version"), "restore_version": after.version,
-                 "seconds": seconds, **metrics}
+            if not found:
+                continue
+            done = found
+        else:
+            t0 = time.monotonic()
+            metrics = _restore(spark, target, state, target_point, journal_id)
+            failpoints.hit("rollback", "after_restore")
+            after = table_state(spark, target)
+            if not _at_point(after, target_point):
+                raise RollbackError(f"restore of {table} did not verify",
+                                   f"expected the content of version {target_point.get('version')}, "
+                                   f"found version {after.version} with other files", table=table)
+            done = {"restore_version": after.version, "seconds": round(time.monotonic() - t0, 3), **metrics}
+            say(f"  {table}: restored to version "
+                f"{target_point.get('version') if target_point.get('exists') else '(absent)'} in {done['seconds']:.2f}s")
+        entry = {"table": table, "to_version": target_point.get("version"), **done}
         ledger.append(journal_id, "", "table_restored", detail=entry)
         restored.append(entry)
-        say(f"  {table}: restored to version {target_point.get('version') if target_point.get('exists') else '(absent)'}"
-            f" in {seconds:.2f}s")
     total = time.monotonic() - started
     restored = list((earlier or {}).values()) + restored  # the whole rollback, across attempts
     n = len(restored)

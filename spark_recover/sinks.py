@@ -6,7 +6,7 @@ ledger hands out and records *before* the write). Delta ignores a write whose
 ``txnVersion`` it has already committed for that ``txnAppId``, so replaying a
 sink after a crash never duplicates rows. MERGE reads the identifiers from the
 session confs ``spark.databricks.delta.write.txnAppId``/``txnVersion``: they are
-set under a process-wide lock and always cleared, so jobs sharing a session
+set under a process-wide lock and put back as they were (unset) after the MERGE, so jobs sharing a session
 cannot leak them into each other's writes.
 """
 
