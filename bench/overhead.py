@@ -62,8 +62,8 @@ def main() -> None:
 
     df = spark.range(100_000).selectExpr("id", "id % 97 AS k", "cast(id AS string) AS s")
     location = str(work / "ckpt")
-    written = checkpoint.write(df, location, {"warm": "up"})
-    results["verify_checkpoint"] = timed(lambda: checkpoint.verify(location, written.version), 20)
+    written = checkpoint.write(df, location, {"warm": "up"}, layout)
+    results["verify_checkpoint"] = timed(lambda: checkpoint.verify(location, written.version, layout), 20)
     import deltalake
     from delta.tables import DeltaTable
     results["commit_lookup"] = timed(lambda: deltalake.DeltaTable(location).history(1)[0], 20)

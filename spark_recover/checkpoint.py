@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from .errors import CheckpointError
-from .storage import filesystem, native_uri, spark_uri
+from .storage import Storage, spark_uri
 
 __all__ = ["Written", "write", "read", "verify"]
 
@@ -36,8 +36,7 @@ def _int(metrics: Mapping[str, Any], key: str) -> int | None:
     return int(value) if value is not None else None
 
 
-def write(df, location: str, metadata: Mapping[str, Any],
-          storage_options: Mapping[str, str] | None = None) -> Written:
+def write(df, location: str, metadata: Mapping[str, Any], layout: Storage) -> Written:
     """Overwrite the checkpoint table at ``location`` with ``df`` in one commit.
 
     The commit is read back with delta-rs straight from the Delta log (a few
@@ -48,12 +47,10 @@ def write(df, location: str, metadata: Mapping[str, Any],
     >>> w.version, w.rows   # doctest: +SKIP
     (0, 1998001)
     """
-    import deltalake
-
     tag = json.dumps(dict(metadata), sort_keys=True)
     (df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
      .option("userMetadata", tag).save(spark_uri(location)))
-    history = deltalake.DeltaTable(native_uri(location), storage_options=dict(storage_options or {}) or None)
+    history = layout.delta(location)
     last = history.history(1)[0] if history.version() >= 0 else None
     if last is None or last.get("userMetadata") != tag:
         # Another writer committed on top of ours: refuse to record a version we cannot vouch for.
@@ -71,25 +68,23 @@ def read(spark, location: str, version: int):
     return spark.read.format("delta").option("versionAsOf", int(version)).load(spark_uri(location))
 
 
-def verify(location: str, version: int, storage_options: Mapping[str, str] | None = None) -> str | None:
+def verify(location: str, version: int, layout: Storage) -> str | None:
     """Check a checkpoint's files; return what is wrong, or ``None`` when it is whole.
 
     >>> verify("/tmp/recover/checkpoints/job/k/cleaned", 3)   # doctest: +SKIP
     "data file part-00000-….parquet is missing"
     """
-    import deltalake
     import pyarrow as pa
     import pyarrow.fs as pafs
 
-    uri = native_uri(location)
     try:
-        table = deltalake.DeltaTable(uri, version=int(version), storage_options=dict(storage_options or {}) or None)
+        table = layout.delta(location, version=int(version))
     except Exception as exc:  # table gone, or the version's log files were cleaned up
         return f"version {version} of the checkpoint table cannot be loaded ({type(exc).__name__}: {exc})"
     adds = pa.table(table.get_add_actions(flatten=True))
     expected = {urllib.parse.unquote(p): s for p, s in
                 zip(adds.column("path").to_pylist(), adds.column("size_bytes").to_pylist())}
-    fs, base = filesystem(location)
+    fs, base = layout.filesystem(location)
     found = {info.path[len(base.rstrip("/")) + 1:]: info.size
              for info in fs.get_file_info(pafs.FileSelector(base, recursive=True))
              if info.type == pafs.FileType.File}

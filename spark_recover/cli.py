@@ -46,7 +46,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="a run parameter")
     parser.add_argument("--resume", action="store_true",
-                        help="resume the latest failed run with the same parameters, if any")
+                        help="resume the newest failed run with the same parameters; do nothing if the "
+                        "newest one succeeded (or was recovered); else start a new run")
     parser.add_argument("--rerun", action="append", metavar="STAGE", default=[],
                         help="recompute STAGE and everything downstream of it")
     parser.add_argument("--refresh-sources", action="store_true",
@@ -127,16 +128,17 @@ def _finish(result) -> int:
 
 def _cmd_run(args: argparse.Namespace, job=None) -> int:
     from .job import load_job
-    from .runner import latest_failed_run, run_job
+    from .runner import replay_choice, run_job
 
     settings = _settings(args)
     params = parse_params(args.param)
     job = job or load_job(args.job_file, args.job)
     origin = None
     if args.resume:
-        origin = latest_failed_run(_ledger(settings), job, params)
-        print(f"resuming failed run {origin.run_id}" if origin else
-              "no failed run with these parameters to resume: starting a new run", flush=True)
+        origin, why = replay_choice(_ledger(settings), job, params)
+        print(why.removeprefix("done: "), flush=True)
+        if why.startswith("done:"):
+            return 0  # a scheduler's retry after success: nothing to run, nothing written
     result = run_job(job, params, settings=settings, resume_from=origin, rerun=args.rerun,
                      refresh_sources=args.refresh_sources)
     return _finish(result)
@@ -225,8 +227,8 @@ def _cmd_runs(args: argparse.Namespace) -> int:
 
 def _summary_json(record) -> dict[str, Any]:
     data = record.to_json()
-    return {k: data[k] for k in ("run_id", "job", "status", "params", "origin_run_id",
-                                 "started_at", "error", "metrics")}
+    return {k: data[k] for k in ("run_id", "job", "status", "params", "origin_run_id", "logical_run_id",
+                                 "recovered_by", "started_at", "error", "metrics")}
 
 
 def _cmd_show(args: argparse.Namespace) -> int:

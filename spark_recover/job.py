@@ -16,22 +16,26 @@ import inspect
 import keyword
 import re
 import sys
+import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar, overload
 
 from .errors import JobDefinitionError
-from .fingerprint import visible_params
-from .storage import Target
+from .fingerprint import unpinned_reads, visible_params
 
 if TYPE_CHECKING:  # pragma: no cover
     from .runner import RunResult
 
-__all__ = ["Job", "Source", "Stage", "Sink", "SINK_MODES", "INJECTABLE", "load_job"]
+__all__ = ["Job", "Source", "Stage", "Sink", "SINK_MODES", "INJECTABLE", "UnpinnedReadWarning", "load_job"]
 
 INJECTABLE = ("params", "spark")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _JOB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+class UnpinnedReadWarning(UserWarning):
+    """A stage reads tables through the injected ``spark``: no pin covers those reads."""
 
 
 @dataclass(frozen=True)
@@ -87,11 +91,11 @@ class Sink:
     predicate: str | None = None
     keys: tuple[str, ...] = ()
 
-    def target(self, params: Mapping[str, Any]) -> Target:
-        """The table written to (path placeholders filled)."""
+    def location(self, params: Mapping[str, Any]) -> str:
+        """The path (placeholders filled) or catalog table name written to."""
         if self.table is not None:
-            return Target(self.table, catalog=True)
-        return Target.parse(_fill_path(f"sink of stage {self.stage!r}", self.path or "", params))
+            return self.table
+        return _fill_path(f"sink of stage {self.stage!r}", self.path or "", params)
 
 
 def _fill_path(what: str, template: str, params: Mapping[str, Any]) -> str:
@@ -267,6 +271,12 @@ class Job:
                     "stages that read it.", stage=name, input=pname, known=known)
             inputs.append(pname)
         params = inspect.signature(fn).parameters
+        reads = unpinned_reads(fn) if "spark" in params else []
+        if reads:
+            warnings.warn(UnpinnedReadWarning(
+                f"stage {name!r} reads tables through {', '.join(reads)}: those reads are not pinned, so a "
+                "resume may reuse its checkpoint after the table changed. Declare the table with "
+                f"job.source(...) and take it as an input of {name!r} to pin it"), stacklevel=3)
         self._stages[name] = Stage(
             name=name, func=fn, inputs=tuple(inputs), wants_params="params" in params,
             wants_spark="spark" in params, visible_params=visible_params(fn))

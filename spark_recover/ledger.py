@@ -28,9 +28,10 @@ from typing import Any, Iterable, Mapping
 import pyarrow as pa
 
 from .errors import LedgerError, UnknownRunError
-from .storage import Layout, native_uri, read_delta
+from .storage import Layout, native_uri
 
-__all__ = ["Ledger", "RunRecord", "StageRecord", "Heartbeat", "SCHEMA", "apply_event", "this_process"]
+__all__ = ["Ledger", "LeaseConflict", "RunRecord", "StageRecord", "Heartbeat", "SCHEMA", "apply_event",
+           "this_process", "process_alive"]
 
 SCHEMA = pa.schema([
     ("run_id", pa.string()),
@@ -52,12 +53,16 @@ _TABLE_CONF = {"delta.checkpointInterval": "20"}
 _COMPACT_ABOVE_FILES = 200
 
 
-def _proc_start(pid: int) -> str | None:
+def _proc_start(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), or ``None`` if it is gone."""
+    import psutil
+
     try:
-        with open(f"/proc/{pid}/stat") as fh:
-            fields = fh.read().rsplit(")", 1)[1].split()
-        return None if fields[0] in ("Z", "X") else fields[19]
-    except (OSError, IndexError):
+        proc = psutil.Process(pid)
+        if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            return None
+        return round(proc.create_time(), 2)
+    except (psutil.Error, OSError):
         return None
 
 
@@ -65,6 +70,20 @@ def this_process() -> dict[str, Any]:
     """Host, pid and process start time: enough to tell if a run's driver is alive."""
     pid = os.getpid()
     return {"host": socket.gethostname(), "pid": pid, "proc_start": _proc_start(pid)}
+
+
+def process_alive(process: Mapping[str, Any]) -> bool | None:
+    """Whether the process a run recorded still runs; ``None`` when it ran on another host.
+
+    The start time tells a reused pid from the original process (psutil: Linux, macOS, Windows).
+    """
+    if process.get("host") != socket.gethostname() or not process.get("pid"):
+        return None
+    start, recorded = _proc_start(int(process["pid"])), process.get("proc_start")
+    try:
+        return start is not None and abs(start - float(recorded)) < 0.05
+    except (TypeError, ValueError):
+        return False
 
 
 @dataclass
@@ -115,16 +134,20 @@ class RunRecord:
     recovery_point: dict[str, Any] | None = None  # table -> state before the first sink write
     rollback: dict[str, Any] | None = None  # journal: started, tables restored, finished
     dead_after: float = 60.0
+    # The logical run (DESIGN.md): the first run of a chain of resumes and redos.
+    root_run_id: str = ""
+    recovered_by: str | None = None  # a later run of the logical run that succeeded
+    undone_by: str | None = None  # a finished rollback of the logical run after this run started
+    rolled_back_at: dt.datetime | None = None
 
     @property
     def alive(self) -> bool:
         """Whether an unfinished run's driver still runs (by pid, else by heartbeat)."""
         if self.finished:
             return False
-        proc = self.process
-        if proc.get("host") == socket.gethostname() and proc.get("pid"):
-            start = _proc_start(int(proc["pid"]))
-            return start is not None and start == proc.get("proc_start")
+        by_pid = process_alive(self.process)
+        if by_pid is not None:
+            return by_pid
         if self.last_seen is None:
             return False
         age = (dt.datetime.now(dt.timezone.utc) - self.last_seen).total_seconds()
@@ -132,15 +155,21 @@ class RunRecord:
 
     @property
     def rolled_back(self) -> bool:
-        return bool(self.rollback and self.rollback.get("finished"))
+        """Its sink writes were undone: it, or its logical run after it, was rolled back."""
+        return bool(self.rollback and self.rollback.get("finished")) or self.undone_by is not None
+
+    @property
+    def refused(self) -> bool:
+        """It stopped before computing or publishing anything (a replay the rules refused)."""
+        return self.final_status == "refused"
 
     @property
     def status(self) -> str:
-        """``running``, ``succeeded``, ``failed`` (a dead run counts as failed), ``rolled_back``."""
+        """``running``, ``succeeded``, ``failed`` (a dead or refused run counts as failed), ``rolled_back``."""
         if self.rolled_back:
             return "rolled_back"
         if self.finished:
-            return self.final_status or "failed"
+            return self.final_status if self.final_status == "succeeded" else "failed"
         return "running" if self.alive else "failed"
 
     @property
@@ -163,6 +192,7 @@ class RunRecord:
         metrics = {"total_seconds": self.total_seconds, **self.metrics}
         return {"run_id": self.run_id, "job": self.job, "status": self.status,
                 "params": self.params, "origin_run_id": self.origin_run_id,
+                "logical_run_id": self.root_run_id or self.run_id, "recovered_by": self.recovered_by,
                 "started_at": _iso(self.started_at), "last_seen": _iso(self.last_seen),
                 "job_file": self.job_file, "error": error,
                 "stages": [s.to_json() for s in self.stage_list()],
@@ -201,6 +231,8 @@ def apply_event(run: RunRecord, ev: Mapping[str, Any]) -> None:
         run.total_seconds = ev.get("seconds")
         run.error = ev.get("error")
         run.metrics.update(detail.get("metrics", {}))
+    elif kind == "sources_pinned":
+        run.sources = detail.get("sources", {})
     elif kind == "recovery_point":
         run.recovery_point = detail.get("tables", {})
     elif kind in ("sink_planned", "sink_written", "sink_failed"):
@@ -210,11 +242,14 @@ def apply_event(run: RunRecord, ev: Mapping[str, Any]) -> None:
     elif kind in ("rollback_started", "table_restored", "rollback_finished"):
         journal = run.rollback = run.rollback or {"restored": {}}
         if kind == "rollback_started":
-            journal.update(started_at=_iso(ts), targets=detail.get("targets", {}), finished=False)
+            existed = set(journal.get("existed", [])) | set(detail.get("existed", []))  # across attempts
+            journal.update(started_at=_iso(ts), targets=detail.get("targets", {}), finished=False,
+                           force=bool(detail.get("force")), attempt=detail.get("attempt"), existed=sorted(existed))
         elif kind == "table_restored":
             journal["restored"][detail["table"]] = detail
         else:
             journal.update(finished=True, finished_at=_iso(ts), metrics=detail.get("metrics", {}))
+            run.rolled_back_at = ts
     elif ev.get("stage"):
         st = run.stages.setdefault(ev["stage"], StageRecord(ev["stage"]))
         status = _STAGE_STATUS.get(kind)
@@ -232,6 +267,10 @@ _STAGE_STATUS = {"stage_started": "running", "stage_succeeded": "succeeded",
                  "stage_reused": "succeeded", "stage_failed": "failed"}
 
 
+class LeaseConflict(Exception):
+    """An exclusive append found that another commit came first (see :mod:`spark_recover.lease`)."""
+
+
 class Ledger:
     """Append events and fold them into run records.
 
@@ -241,8 +280,8 @@ class Ledger:
     """
 
     def __init__(self, layout: Layout, dead_after: float = 60.0) -> None:
+        self.layout = layout
         self.uri = native_uri(layout.ledger)
-        self.storage_options = dict(layout.storage_options or {}) or None
         self.dead_after = dead_after
         self._lock = threading.Lock()
         self._table = None
@@ -253,16 +292,29 @@ class Ledger:
         import deltalake
 
         if self._table is None:
+            options = dict(self.layout.storage_options or {}) or None
             try:
                 self._table = deltalake.DeltaTable.create(
-                    self.uri, SCHEMA, mode="ignore", configuration=_TABLE_CONF,
-                    storage_options=self.storage_options)
+                    self.uri, SCHEMA, mode="ignore", configuration=_TABLE_CONF, storage_options=options)
             except Exception:  # another process created it first
-                self._table = deltalake.DeltaTable(self.uri, storage_options=self.storage_options)
+                self._table = self.layout.delta(self.uri)
         return self._table
 
-    def append(self, run_id: str, job: str, event: str, **values: Any) -> dict[str, Any]:
-        """Append one event as one Delta commit (atomic: it is there whole or not at all)."""
+    def version(self) -> int:
+        """The ledger's latest commit version (-1 when it does not exist yet)."""
+        table = self._open_for_write()
+        with self._lock:
+            table.update_incremental()
+            return table.version()
+
+    def append(self, run_id: str, job: str, event: str, *, only_at: int | None = None,
+               **values: Any) -> dict[str, Any]:
+        """Append one event as one Delta commit (atomic: it is there whole or not at all).
+
+        With ``only_at=V`` the commit must be version ``V + 1``: if any other
+        commit came first, nothing is written and :class:`LeaseConflict` is
+        raised. The storage's commit order decides, never a clock.
+        """
         import deltalake
 
         detail = values.pop("detail", None)
@@ -273,8 +325,18 @@ class Ledger:
         batch = pa.Table.from_pylist([row], schema=SCHEMA)
         with self._lock:
             table = self._open_for_write()
+            props = None
+            if only_at is not None:
+                table = self.layout.delta(self.uri, version=only_at)
+                props = deltalake.CommitProperties(max_commit_retries=0)
             try:
-                deltalake.write_deltalake(table, batch, mode="append")
+                deltalake.write_deltalake(table, batch, mode="append", commit_properties=props)
+            except deltalake.exceptions.CommitFailedError as exc:
+                if only_at is not None:
+                    raise LeaseConflict(str(exc)) from None
+                raise LedgerError("could not append to the ledger",
+                                  f"writing event {event!r} of run {run_id} to {self.uri}: {exc}",
+                                  uri=self.uri) from exc
             except Exception as exc:
                 raise LedgerError("could not append to the ledger",
                                   f"writing event {event!r} of run {run_id} to {self.uri}: {exc}",
@@ -294,13 +356,13 @@ class Ledger:
                 pass
 
     # -- reading ---------------------------------------------------------
-    def _events(self, run_id: str | None = None) -> list[dict[str, Any]]:
+    def _events(self, run_id: str | None = None, version: int | None = None) -> list[dict[str, Any]]:
         import deltalake
         import pyarrow.dataset as ds
 
         flt = ds.field("run_id") == run_id if run_id else None
         try:
-            table = read_delta(self.uri, filter=flt, storage_options=self.storage_options)
+            table = self.layout.read_delta(self.uri, version=version, filter=flt)
         except deltalake.exceptions.TableNotFoundError:
             return []
         except Exception as exc:
@@ -314,7 +376,9 @@ class Ledger:
             if run is None:
                 run = runs[ev["run_id"]] = RunRecord(ev["run_id"], ev["job"], dead_after=self.dead_after)
             apply_event(run, ev)
-        return {k: r for k, r in runs.items() if r.started_at is not None}
+        found = {k: r for k, r in runs.items() if r.started_at is not None}
+        _link_lineage(found)
+        return found
 
     def points(self) -> dict[str, dict[str, Any]]:
         """Named recovery points: name -> {created_at, tables}."""
@@ -326,20 +390,66 @@ class Ledger:
                                        "tables": detail["tables"]}
         return out
 
+    def journal(self, journal_id: str) -> dict[str, Any] | None:
+        """The newest rollback journal kept under ``journal_id`` (a named point's: ``point:NAME``)."""
+        record = RunRecord(journal_id, "")
+        for ev in self._events(journal_id):
+            if ev["event"] == "rollback_started" and record.rollback and record.rollback.get("finished"):
+                record.rollback = None  # a new rollback to the same point: a new journal
+            apply_event(record, ev)
+        return record.rollback
+
     def run(self, run_id: str) -> RunRecord:
         """The record of one run; :class:`UnknownRunError` if the ledger has none."""
-        found = self._fold(self._events(run_id)).get(run_id)
+        found = self._fold(self._events()).get(run_id)
         if found is None:
             raise UnknownRunError(f"unknown run id {run_id!r}",
                                   f"the ledger at {self.uri} has no run with that id; "
                                   "`spark-recover runs` lists the known ones", run_id=run_id)
         return found
 
-    def runs(self, job: str | None = None) -> list[RunRecord]:
-        """All runs (of one job), oldest first."""
-        runs = self._fold(self._events()).values()
-        return sorted((r for r in runs if job is None or r.job == job),
-                      key=lambda r: r.started_at or dt.datetime.min.replace(tzinfo=dt.timezone.utc))
+    def runs(self, job: str | None = None, version: int | None = None) -> list[RunRecord]:
+        """All runs (of one job), oldest first; with ``version``, as the ledger was then."""
+        runs = self._fold(self._events(version=version)).values()
+        return sorted((r for r in runs if job is None or r.job == job), key=_start_order)
+
+    def lineage(self, record: RunRecord, runs: Iterable[RunRecord] | None = None) -> list[RunRecord]:
+        """Every run of ``record``'s logical run, oldest first."""
+        root = record.root_run_id or record.run_id
+        return [r for r in (runs if runs is not None else self.runs(record.job)) if r.root_run_id == root]
+
+
+def _start_order(run: RunRecord) -> dt.datetime:
+    return run.started_at or dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+
+
+def _link_lineage(runs: Mapping[str, RunRecord]) -> None:
+    """Give each run its logical run, and mark runs recovered, or undone by a rollback.
+
+    A logical run is a first run and every resume or redo that replays it
+    (following ``origin_run_id``). A finished rollback of any of its runs undoes
+    the sink writes of every run of it that started before the rollback ended.
+    """
+    ordered = sorted(runs.values(), key=_start_order)
+    for run in ordered:
+        seen, root = {run.run_id}, run
+        while root.origin_run_id and root.origin_run_id in runs and root.origin_run_id not in seen:
+            root = runs[root.origin_run_id]
+            seen.add(root.run_id)
+        run.root_run_id = root.origin_run_id if root.origin_run_id and root.origin_run_id not in runs \
+            else root.run_id
+    groups: dict[str, list[RunRecord]] = {}
+    for run in ordered:
+        groups.setdefault(run.root_run_id, []).append(run)
+    for members in groups.values():
+        for rb in (m for m in members if m.rolled_back_at is not None):
+            for m in members:
+                if m is not rb and m.started_at and m.started_at < rb.rolled_back_at:
+                    m.undone_by = m.undone_by or rb.run_id
+        for i, run in enumerate(members):
+            if run.status == "failed" and not run.refused:
+                later = [m for m in members[i + 1:] if m.status == "succeeded"]
+                run.recovered_by = later[0].run_id if later else None
 
 
 class Heartbeat(threading.Thread):

@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Mapping
 
-from . import __version__
-from .fingerprint import code_hash, explain_change, stage_fingerprint
+from .fingerprint import code_parts, explain_change, library_versions, stage_fingerprint
 from .job import Job, Stage
 from .ledger import RunRecord, StageRecord
 
@@ -35,15 +34,15 @@ class StagePlan:
         return self.stage.name
 
 
-def _parts(stage: Stage, params: Mapping[str, Any], pins: Mapping[str, Any],
+def _parts(stage: Stage, job_file: str | None, params: Mapping[str, Any], pins: Mapping[str, Any],
            fingerprints: Mapping[str, str]) -> dict[str, Any]:
     keys = sorted(params) if stage.visible_params is None else sorted(stage.visible_params)
     return {
-        "code": code_hash(stage.func),
+        **code_parts(stage.func, job_file),
         "params": {k: params.get(k) for k in keys},
         "inputs": {i: fingerprints[i] for i in stage.inputs if i in fingerprints},
         "sources": {i: pins[i] for i in stage.inputs if i in pins},
-        "library": __version__,
+        "library": library_versions(),
     }
 
 
@@ -60,7 +59,7 @@ def plan_run(job: Job, params: Mapping[str, Any], pins: Mapping[str, Any],
     reused: set[str] = set()
     plans: list[StagePlan] = []
     for stage in job.stages:
-        parts = _parts(stage, params, pins, fingerprints)
+        parts = _parts(stage, job.file, params, pins, fingerprints)
         plan = StagePlan(stage, parts, stage_fingerprint(parts))
         fingerprints[stage.name] = plan.fingerprint
         plans.append(plan)

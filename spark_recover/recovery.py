@@ -4,21 +4,26 @@ Delta Lake has no multi-table transactions, so a rollback of several tables
 cannot be atomic. It is *journaled and idempotent* instead: the ledger records
 the targets before the first RESTORE and each table's restore after it; a
 table whose content already equals its recovery point is left alone. A crash at
-any moment is finished by running the same rollback again.
+any moment is finished by running the same rollback again: each RESTORE is
+tagged with the rollback and its attempt, so one committed just before a crash
+is recognised and journaled. A run's rollback covers its logical run.
 """
 
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from typing import Any, Mapping, Sequence
 
 from . import checkpoint, failpoints
 from .config import Settings, load_settings
-from .errors import RecoveryPointError, RefusedError, RollbackError, UnknownRunError, UsageError
+from .errors import RecoveryPointError, RefusedError, RollbackError, UsageError
 from .ledger import Ledger, RunRecord
-from .sinks import TableState, session_confs, table_state
-from .storage import Layout, Target, delete_tree
+from .fingerprint import digest
+from .publication import recovery_point
+from .sinks import TableState, isolated_session, table_state
+from .storage import Layout, Target, canonical
 
 __all__ = ["rollback", "create_point", "list_points", "redo"]
 
@@ -48,7 +53,7 @@ def create_point(name: str, tables: Sequence[str], *, root: str | None = None,
         raise UsageError(f"recovery point {name!r} exists", "choose another name; `point list` shows them")
     if not tables:
         raise UsageError("no tables given", "expected at least one --table")
-    targets = [Target.parse(t) for t in tables]
+    targets = [ledger.layout.target(t) for t in tables]
     if any(t.catalog for t in targets):
         spark = _spark(spark, settings)
     states = {}
@@ -69,19 +74,28 @@ def list_points(*, root: str | None = None, settings: Settings | None = None) ->
     return sorted(_ledger(settings).points().values(), key=lambda p: p["created_at"])
 
 
-def _files(uri: str, version: int | None = None) -> set[tuple[str, int]]:
-    import deltalake
+def _files(target: Target, uri: str, version: int | None = None) -> set[tuple]:
+    """A version's content: (path, size) of its files, and each file's deletion vector.
+
+    A DELETE with deletion vectors keeps paths and sizes: only the vectors tell.
+    """
     import pyarrow as pa
 
-    adds = pa.table(deltalake.DeltaTable(uri, version=version).get_add_actions(flatten=True))
-    return set(zip(adds.column("path").to_pylist(), adds.column("size_bytes").to_pylist()))
+    table = target.delta(uri, version=version)
+    adds = pa.table(table.get_add_actions(flatten=True))
+    content: set[tuple] = set(zip(adds.column("path").to_pylist(), adds.column("size_bytes").to_pylist()))
+    if "deletionVectors" in (table.protocol().reader_features or []):
+        vectors = pa.RecordBatchReader.from_stream(table.deletion_vectors()).read_all()
+        content |= {("deletion vector", path, digest(mask)) for path, mask in
+                    zip(vectors.column("filepath").to_pylist(), vectors.column("selection_vector").to_pylist())}
+    return content
 
 
-def _at_point(state: TableState, point: Mapping[str, Any]) -> bool:
+def _at_point(target: Target, state: TableState, point: Mapping[str, Any]) -> bool:
     """Whether a table's content already equals the recovery point's."""
     if not point.get("exists"):
         return not state.exists
-    return state.exists and _files(state.uri) == _files(state.uri, int(point["version"]))
+    return state.exists and _files(target, state.uri) == _files(target, state.uri, int(point["version"]))
 
 
 def _tag(commit: Mapping[str, Any]) -> dict[str, Any]:
@@ -93,29 +107,35 @@ def _tag(commit: Mapping[str, Any]) -> dict[str, Any]:
     return meta if isinstance(meta, dict) else {}
 
 
-def _restored_before_crash(state: TableState, journal_id: str) -> dict[str, Any] | None:
-    """The RESTORE an earlier attempt of this rollback committed but did not journal (it crashed)."""
-    import deltalake
+def _restored_before_crash(target: Target, state: TableState, journal_id: str,
+                           earlier: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The restore an earlier attempt of this rollback committed but did not journal (it crashed).
 
+    A RESTORE carries the rollback's tags; a table the run created was removed
+    if it existed when the earlier attempt started and is gone now.
+    """
     if not state.exists:
-        return None
-    last = deltalake.DeltaTable(state.uri).history(1)[0]
-    if last.get("operation") != "RESTORE" or _tag(last).get("rollback_of") != journal_id:
+        if target.location not in earlier.get("existed", []):
+            return None
+        return {"restore_version": None, "seconds": None, "journaled_after_crash": True, "files": 0,
+                "removed_table": True}
+    last = target.delta(state.uri).history(1)[0]
+    tag = _tag(last)
+    if last.get("operation") != "RESTORE" or tag.get("rollback_of") != journal_id \
+            or tag.get("attempt") != earlier.get("attempt"):
         return None
     metrics = last.get("operationMetrics") or {}
     return {"restore_version": last["version"], "seconds": None, "journaled_after_crash": True,
             "files": sum(int(metrics.get(k) or 0) for k in ("numRestoredFiles", "numRemovedFiles"))}
 
 
-def _foreign_commits(state: TableState, point: Mapping[str, Any], ours: set[str]) -> list[str]:
+def _foreign_commits(target: Target, state: TableState, point: Mapping[str, Any], ours: set[str]) -> list[str]:
     """Commits after the point that neither this run's lineage nor a rollback made."""
-    import deltalake
-
     if not state.exists:
         return []
     since = int(point["version"]) if point.get("exists") else -1
     out = []
-    for commit in deltalake.DeltaTable(state.uri).history():
+    for commit in target.delta(state.uri).history():
         if commit["version"] <= since:
             continue
         meta = _tag(commit)
@@ -126,15 +146,18 @@ def _foreign_commits(state: TableState, point: Mapping[str, Any], ours: set[str]
     return out
 
 
-def _lineage(ledger: Ledger, record: RunRecord) -> set[str]:
-    ids, run = {record.run_id}, record
-    while run.origin_run_id and run.origin_run_id not in ids:
-        ids.add(run.origin_run_id)
-        try:
-            run = ledger.run(run.origin_run_id)
-        except UnknownRunError:
-            break
-    return ids
+def _run_targets(ledger: Ledger, run_id: str) -> tuple[RunRecord, dict[str, Any], set[str]]:
+    """A run's rollback covers its logical run: every table any of its runs planned to write."""
+    record = ledger.run(run_id)
+    lineage = ledger.lineage(record)
+    live = [r for r in lineage if r.status == "running"]
+    if live:
+        raise RefusedError(f"run {live[0].run_id} is still running",
+                           "roll back once it has stopped (or its lease has expired)",
+                           run_id=run_id, running=live[0].run_id)
+    written = {canonical(t) for r in lineage for t in r.sinks}
+    point, _ = recovery_point(lineage, [], {})
+    return record, {t: s for t, s in point.items() if canonical(t) in written}, {r.run_id for r in lineage}
 
 
 def rollback(run_id: str | None = None, *, point: str | None = None, force: bool = False,
@@ -142,8 +165,11 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
              echo: bool = True) -> dict[str, Any]:
     """Restore every table a run wrote (or a named point covers) to its recovery point.
 
-    Returns the journal: tables restored, restore versions, files, seconds and
-    the recovery rate D = tables restored / mean seconds per table.
+    A run's rollback covers its logical run (the run, what it replays and what
+    replayed it). Returns the journal: tables restored, restore versions,
+    files, seconds and the recovery rate D = tables restored / mean seconds
+    per table. A rollback that crashed is finished by running it again (with
+    ``--force`` kept if the first attempt had it).
 
     >>> spark_recover.rollback(result.run_id)   # doctest: +SKIP
     """
@@ -152,6 +178,7 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
         raise UsageError("rollback needs a run id or --point NAME", "expected exactly one of them")
     settings = settings or load_settings(root=root)
     ledger = _ledger(settings)
+    layout = ledger.layout
     failpoints.check(None)
     if point is not None:
         points = ledger.points()
@@ -159,27 +186,26 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
             raise RecoveryPointError(f"unknown recovery point {point!r}",
                                      f"known points: {sorted(points) or 'none'}", point=point)
         journal_id, targets, ours = f"point:{point}", points[point]["tables"], set()
-        check_foreign, earlier = False, None
+        journal = ledger.journal(journal_id)
     else:
-        record = ledger.run(run_id)
-        if record.status == "running":
-            raise RefusedError(f"run {run_id} is still running",
-                               "roll it back once it has stopped (or its lease has expired)", run_id=run_id)
+        record, targets, ours = _run_targets(ledger, run_id)
         if record.rolled_back:
-            say(f"run {run_id} is already rolled back ({record.rollback.get('finished_at')}): nothing to do")
-            return {**record.rollback, "noop": True}
-        written = set(record.sinks)
-        targets = {t: s for t, s in (record.recovery_point or {}).items() if t in written}
-        journal_id, ours, check_foreign = run_id, _lineage(ledger, record), True
-        # An unfinished journal: an earlier attempt crashed; what it restored stays restored.
-        earlier = dict(record.rollback["restored"]) if record.rollback else None
+            say(f"run {run_id} is already rolled back: nothing to do")
+            return {**(record.rollback or {}), "noop": True, "undone_by": record.undone_by}
+        journal_id, journal = run_id, record.rollback
+    # An unfinished journal: an earlier attempt crashed. What it restored stays
+    # restored, and it is finished as it was started (same attempt tag, same --force).
+    earlier = journal if journal and not journal.get("finished") else None
+    force = force or bool(earlier and earlier.get("force"))
+    attempt = (earlier or {}).get("attempt") or secrets.token_hex(4)
     catalog = {t: bool(s.get("catalog")) for t, s in targets.items()}
     if any(catalog.values()):  # a catalog table's location needs Spark; paths are read by delta-rs
         spark = _spark(spark, settings)
-    states = {t: table_state(spark, Target(t, catalog[t])) for t in targets}
+    tables = {t: layout.target(t, catalog[t]) for t in targets}
+    states = {t: table_state(spark, tables[t]) for t in targets}
 
-    if check_foreign:
-        foreign = {t: c for t in targets if (c := _foreign_commits(states[t], targets[t], ours))}
+    if point is None:
+        foreign = {t: c for t in targets if (c := _foreign_commits(tables[t], states[t], targets[t], ours))}
         if foreign and not force:
             listing = "; ".join(f"{t}: {', '.join(c)}" for t, c in foreign.items())
             raise RefusedError("other writers committed after the run",
@@ -188,37 +214,41 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
     for table, state in states.items():  # a point whose files are gone cannot be restored
         target_point = targets[table]
         if target_point.get("exists") and state.exists:
-            problem = checkpoint.verify(state.uri, int(target_point["version"]), settings.storage_options)
+            problem = checkpoint.verify(state.uri, int(target_point["version"]), tables[table])
             if problem:
                 raise RecoveryPointError(
                     f"recovery point of {table} can no longer be restored",
                     f"version {target_point['version']}: {problem} (VACUUM removed it?); nothing was changed",
                     table=table)
+        if not target_point.get("exists") and state.exists and not tables[table].catalog:
+            _check_removable(tables[table])
 
-    spark = _spark(spark, settings) if targets else spark  # checks passed: now the JVM is worth it
-    ledger.append(journal_id, "", "rollback_started", detail={"targets": targets, "force": force})
+    ledger.append(journal_id, "", "rollback_started", detail={
+        "targets": targets, "force": force, "attempt": attempt, "existed": sorted(t for t in targets if states[t].exists)})
     failpoints.hit("rollback", "before_restore")
     restored, started = [], time.monotonic()
+    done_before = dict(earlier["restored"]) if earlier else {}
     for table, target_point in targets.items():
-        target = Target(table, catalog[table])
+        target = tables[table]
         state = table_state(spark, target)
-        if _at_point(state, target_point):
-            found = (_restored_before_crash(state, journal_id)
-                     if earlier is not None and table not in earlier else None)
-            say(f"  {table}: " + (f"restored as version {found['restore_version']} before a crash; journaled now"
-                                  if found else "already at its recovery point"))
+        if _at_point(target, state, target_point):
+            found = (_restored_before_crash(target, state, journal_id, earlier)
+                     if earlier is not None and table not in done_before else None)
+            say(f"  {table}: " + ("restored before a crash; journaled now" if found
+                                  else "already at its recovery point"))
             if not found:
                 continue
             done = found
         else:
+            spark = _spark(spark, settings)
             t0 = time.monotonic()
-            metrics = _restore(spark, target, state, target_point, journal_id)
+            metrics = _restore(spark, target, target_point, {"rollback_of": journal_id, "attempt": attempt})
             failpoints.hit("rollback", "after_restore")
             after = table_state(spark, target)
-            if not _at_point(after, target_point):
+            if not _at_point(target, after, target_point):
                 raise RollbackError(f"restore of {table} did not verify",
-                                   f"expected the content of version {target_point.get('version')}, "
-                                   f"found version {after.version} with other files", table=table)
+                                    f"expected the content of version {target_point.get('version')}, "
+                                    f"found version {after.version} with other files", table=table)
             done = {"restore_version": after.version, "seconds": round(time.monotonic() - t0, 3), **metrics}
             say(f"  {table}: restored to version "
                 f"{target_point.get('version') if target_point.get('exists') else '(absent)'} in {done['seconds']:.2f}s")
@@ -226,7 +256,7 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
         ledger.append(journal_id, "", "table_restored", detail=entry)
         restored.append(entry)
     total = time.monotonic() - started
-    restored = list((earlier or {}).values()) + restored  # the whole rollback, across attempts
+    restored = [e for t, e in done_before.items() if t not in {r["table"] for r in restored}] + restored
     n = len(restored)
     timed = [e["seconds"] for e in restored if e.get("seconds") is not None]
     mean = sum(timed) / len(timed) if timed else 0.0
@@ -237,16 +267,26 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
     return {"id": journal_id, "restored": restored, "metrics": summary, "noop": False}
 
 
-def _restore(spark, target: Target, state: TableState, point: Mapping[str, Any], journal_id: str) -> dict[str, Any]:
-    tag = json.dumps({"rollback_of": journal_id})
+def _check_removable(target: Target) -> None:
+    """A table the run created is removed whole: only if its folder holds nothing but the table."""
+    strangers = target.strangers(target.location)
+    if strangers:
+        raise RefusedError(f"{target.location} holds files that are not the Delta table's",
+                           f"rolling back would remove the table the run created, and with it "
+                           f"{', '.join(sorted(strangers)[:5])}; nothing was changed. Move those files "
+                           "away, then run the rollback again", table=target.location)
+
+
+def _restore(spark, target: Target, point: Mapping[str, Any], tag: Mapping[str, str]) -> dict[str, Any]:
     if not point.get("exists"):  # the run created the table: remove it
         if target.catalog:
             spark.sql(f"DROP TABLE IF EXISTS {target.location}")
         else:
-            delete_tree(spark, target.location)
+            _check_removable(target)
+            target.delete_tree(target.location)
         return {"files": 0, "removed_table": True}
-    with session_confs(spark, {"spark.databricks.delta.commitInfo.userMetadata": tag}):
-        row = spark.sql(f"RESTORE TABLE {target.ident} TO VERSION AS OF {int(point['version'])}").first()
+    session = isolated_session(spark, {"spark.databricks.delta.commitInfo.userMetadata": json.dumps(dict(tag))})
+    row = session.sql(f"RESTORE TABLE {target.ident} TO VERSION AS OF {int(point['version'])}").first()
     data = row.asDict() if row is not None else {}
     return {"files": int(data.get("num_restored_files", 0) or 0) + int(data.get("num_removed_files", 0) or 0),
             "restore_metrics": {k: v for k, v in data.items()}}

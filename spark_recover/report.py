@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from .ledger import RunRecord
 
-__all__ = ["table", "run_text", "run_html", "runs_text", "params_text"]
+__all__ = ["table", "run_text", "run_html", "runs_text", "params_text", "status_text"]
 
 
 def params_text(params: dict[str, Any]) -> str:
@@ -66,9 +66,23 @@ def _rollback_text(record: RunRecord) -> str | None:
             f"`spark-recover rollback {record.run_id}` again to finish it")
 
 
+def status_text(record: RunRecord) -> str:
+    """The status as people read it: a failed run that a later run recovered says so.
+
+    >>> status_text(RunRecord("a", "j", finished=True, final_status="failed", recovered_by="b"))
+    'failed, recovered by b'
+    """
+    status = record.status
+    if status == "failed" and record.recovered_by:
+        return f"failed, recovered by {record.recovered_by}"
+    if status == "rolled_back" and record.undone_by:
+        return f"rolled_back (by the rollback of {record.undone_by})"
+    return status
+
+
 def _summary(record: RunRecord) -> list[tuple[str, str]]:
     data = record.to_json()
-    lines = [("run", f"{record.run_id}  (job {record.job})"), ("status", data["status"]),
+    lines = [("run", f"{record.run_id}  (job {record.job})"), ("status", status_text(record)),
              ("params", params_text(record.params))]
     if record.origin_run_id:
         lines.append(("origin", record.origin_run_id))
@@ -107,6 +121,6 @@ def run_html(record: RunRecord) -> str:
 
 def runs_text(records: Sequence[RunRecord]) -> str:
     """The ``spark-recover runs`` listing, newest first."""
-    rows = [[r.run_id, r.job, r.status, r.started_at.strftime("%Y-%m-%d %H:%M:%S") if r.started_at else None,
+    rows = [[r.run_id, r.job, status_text(r), r.started_at.strftime("%Y-%m-%d %H:%M:%S") if r.started_at else None,
              r.total_seconds, r.origin_run_id, params_text(r.params)] for r in reversed(records)]
     return table(["run_id", "job", "status", "started (UTC)", "seconds", "origin", "params"], rows)

@@ -6,7 +6,9 @@ recovery window (``keep_days``), and the newest successful run of each job and
 parameters. ``gc`` deletes checkpoint tables no needed run references, and
 VACUUMs the others with a retention long enough to keep their oldest needed
 version readable. Sink tables and named recovery points are never vacuumed;
-``gc`` warns when a table's Delta retention is shorter than the window.
+``gc`` warns when a table's Delta retention (``delta.deletedFileRetentionDuration``
+for data files, ``delta.logRetentionDuration`` for the log that time travel
+needs) is shorter than the window.
 """
 
 from __future__ import annotations
@@ -18,12 +20,32 @@ from typing import Any
 
 from .config import Settings, load_settings
 from .ledger import Ledger, RunRecord
-from .sinks import session_confs
-from .storage import Layout, delete_tree, filesystem, native_uri, spark_uri
+from .sinks import isolated_session
+from .storage import Layout, Storage, canonical, native_uri, spark_uri
 
-__all__ = ["gc"]
+__all__ = ["gc", "interval_days"]
 
-_DEFAULT_FILE_RETENTION_DAYS = 7.0  # Delta's delta.deletedFileRetentionDuration default
+_DEFAULTS_DAYS = {"delta.deletedFileRetentionDuration": 7.0, "delta.logRetentionDuration": 30.0}
+_UNIT_DAYS = {"microsecond": 1 / 86_400_000_000, "millisecond": 1 / 86_400_000, "second": 1 / 86_400,
+              "minute": 1 / 1440, "hour": 1 / 24, "day": 1.0, "week": 7.0}
+
+
+def interval_days(text: str) -> float:
+    """A Delta retention interval in days (``interval 2 weeks 3 days``, ``30 minutes``...).
+
+    >>> interval_days("interval 1 week"), interval_days("interval 36 hours"), round(interval_days("30 minutes") * 1440, 6)
+    (7.0, 1.5, 30.0)
+    """
+    words = text.lower().replace("interval", " ").split()
+    if not words or len(words) % 2:
+        raise ValueError(f"not a Delta interval: {text!r}")
+    total = 0.0
+    for number, unit in zip(words[::2], words[1::2]):
+        base = unit.rstrip("s") if unit.rstrip("s") in _UNIT_DAYS else unit
+        if base not in _UNIT_DAYS:
+            raise ValueError(f"unknown unit {unit!r} in Delta interval {text!r}")
+        total += float(number) * _UNIT_DAYS[base]
+    return total
 
 
 def _needed_runs(runs: list[RunRecord], keep_days: float, now: dt.datetime) -> list[RunRecord]:
@@ -36,10 +58,23 @@ def _needed_runs(runs: list[RunRecord], keep_days: float, now: dt.datetime) -> l
             or newest_success.get((r.job, r.params_key)) is r]
 
 
+def _needed(ledger: Ledger, keep_days: float) -> tuple[list[RunRecord], dict[str, set[int]], set[str]]:
+    """The ledger now: its runs, the checkpoint versions they need, the folders of running runs."""
+    runs = ledger.runs()
+    needed: dict[str, set[int]] = defaultdict(set)
+    for run in _needed_runs(runs, keep_days, dt.datetime.now(dt.timezone.utc)):
+        for stage in run.stages.values():
+            if stage.checkpoint and stage.version is not None:
+                needed[canonical(stage.checkpoint)].add(int(stage.version))
+    layout = ledger.layout
+    running = {canonical(f"{layout.checkpoints}/{r.job}/{r.params_key}") for r in runs if r.status == "running"}
+    return runs, needed, running
+
+
 def _checkpoint_tables(layout: Layout) -> list[str]:
     import pyarrow.fs as pafs
 
-    fs, base = filesystem(layout.checkpoints)
+    fs, base = layout.filesystem(layout.checkpoints)
     found = []
 
     def children(path: str) -> list[str]:
@@ -52,76 +87,78 @@ def _checkpoint_tables(layout: Layout) -> list[str]:
     return found
 
 
-def _retention_days(uri: str) -> float:
-    import deltalake
+def _retention(storage: Storage, uri: str, key: str) -> float:
+    text = storage.delta(uri).metadata().configuration.get(key)
+    return interval_days(text) if text else _DEFAULTS_DAYS[key]
 
-    text = deltalake.DeltaTable(uri).metadata().configuration.get("delta.deletedFileRetentionDuration")
-    if not text:
-        return _DEFAULT_FILE_RETENTION_DAYS
-    number, unit = text.replace("interval", "").split()[:2]
-    per_day = {"day": 1, "days": 1, "hour": 24, "hours": 24, "week": 1 / 7, "weeks": 1 / 7}
-    return float(number) / per_day.get(unit.lower(), 1)
+
+def _retention_warnings(storage: Storage, table: str, keep_days: float) -> list[str]:
+    out = []
+    for key in ("delta.deletedFileRetentionDuration", "delta.logRetentionDuration"):
+        days = _retention(storage, native_uri(table), key)
+        if days < keep_days:
+            out.append(f"{table}: {key} is {days:g} days, shorter than the recovery window of "
+                       f"{keep_days:g} days; older versions there can become unreadable "
+                       f"(ALTER TABLE ... SET TBLPROPERTIES ('{key}' = 'interval {math.ceil(keep_days)} days'))")
+    return out
 
 
 def gc(keep_days: float = 7.0, *, root: str | None = None, settings: Settings | None = None,
        spark=None, dry_run: bool = False, echo: bool = True) -> dict[str, Any]:
     """Remove checkpoints no resumable run needs; warn about short Delta retention.
 
+    The ledger is read again right before each deletion, so a run that starts
+    meanwhile keeps its checkpoints.
+
     >>> gc(keep_days=14, root="/tmp/recover")   # doctest: +SKIP
     {'deleted_tables': [...], 'vacuumed_tables': [...], 'warnings': [...]}
     """
-    import deltalake
-
     say = (lambda line: print(line, flush=True)) if echo else (lambda line: None)
     settings = settings or load_settings(root=root)
     layout = Layout.at(settings.root, settings.storage_options)
     ledger = Ledger(layout, settings.dead_after_seconds)
     now = dt.datetime.now(dt.timezone.utc)
-    runs = ledger.runs()
-    needed: dict[str, set[int]] = defaultdict(set)
-    for run in _needed_runs(runs, keep_days, now):
-        for stage in run.stages.values():
-            if stage.checkpoint and stage.version is not None:
-                needed[stage.checkpoint].add(int(stage.version))
-    report: dict[str, Any] = {"deleted_tables": [], "vacuumed_tables": [], "warnings": []}
+    runs, needed, _ = _needed(ledger, keep_days)
+    report: dict[str, Any] = {"deleted_tables": [], "vacuumed_tables": [], "kept_tables": [], "warnings": []}
     tables = _checkpoint_tables(layout)
-    if tables and spark is None and not dry_run:
-        from .session import get_spark
-        spark = get_spark(settings)
     for table in tables:
-        versions = needed.get(table)
+        key = canonical(table)
+        if not needed.get(key) and not dry_run:
+            _, needed, running = _needed(ledger, keep_days)  # fresh: a run may have started since
+            if any(key.startswith(folder + "/") for folder in running) and not needed.get(key):
+                report["kept_tables"].append(table)
+                continue
+        versions = needed.get(key)
         if not versions:
             report["deleted_tables"].append(table)
             if not dry_run:
-                delete_tree(spark, table)
+                layout.delete_tree(table)
             continue
         oldest = min(versions)
-        created = deltalake.DeltaTable(native_uri(table), version=oldest).history(1)[0]["timestamp"]
+        created = layout.delta(table, version=oldest).history(1)[0]["timestamp"]
         age_hours = (now.timestamp() * 1000 - float(created)) / 3_600_000
         retain = max(1, math.ceil(age_hours) + 1)
         report["vacuumed_tables"].append({"table": table, "oldest_needed_version": oldest, "retain_hours": retain})
+        report["warnings"] += _retention_warnings(layout, table, keep_days)
         if not dry_run:
+            if spark is None:
+                from .session import get_spark
+                spark = get_spark(settings)
             # VACUUM lists the table with one task per `parallelism` paths, 10,000 by default:
             # minutes of empty tasks on a small cluster for a checkpoint table of a few files.
-            with session_confs(spark, {"spark.databricks.delta.retentionDurationCheck.enabled": "false",
-                                       "spark.sql.sources.parallelPartitionDiscovery.parallelism":
-                                           str(spark.sparkContext.defaultParallelism)}):
-                spark.sql(f"VACUUM delta.`{spark_uri(table)}` RETAIN {retain} HOURS")
+            session = isolated_session(spark, {
+                "spark.databricks.delta.retentionDurationCheck.enabled": "false",
+                "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(spark.sparkContext.defaultParallelism)})
+            session.sql(f"VACUUM delta.`{spark_uri(table)}` RETAIN {retain} HOURS")
     sink_tables = {t for r in runs for t in (r.recovery_point or {})}
     sink_tables |= {t for p in ledger.points().values() for t in p["tables"]}
     for table in sorted(sink_tables):
-        uri = native_uri(table)
-        if "/" not in table or not deltalake.DeltaTable.is_deltatable(uri):
+        if "/" not in table or not layout.is_delta(table):
             continue
-        days = _retention_days(uri)
-        if days < keep_days:
-            report["warnings"].append(
-                f"{table}: delta.deletedFileRetentionDuration is {days:g} days, shorter than the recovery "
-                f"window of {keep_days:g} days; a VACUUM there can make older recovery points unrestorable "
-                f"(ALTER TABLE ... SET TBLPROPERTIES ('delta.deletedFileRetentionDuration' = "
-                f"'interval {math.ceil(keep_days)} days'))")
+        report["warnings"] += _retention_warnings(layout, table, keep_days)
     for line in report["warnings"]:
         say(f"warning: {line}")
     say(f"gc: deleted {len(report['deleted_tables'])} checkpoint table(s), vacuumed "
-        f"{len(report['vacuumed_tables'])}" + (" (dry run)" if dry_run else ""))
+        f"{len(report['vacuumed_tables'])}" + (" (dry run)" if dry_run else "")
+        + (f", kept {len(report['kept_tables'])} a starting run uses" if report["kept_tables"] else ""))
     return report

@@ -3,8 +3,14 @@
 Every step that matters is an event in the ledger before the next begins, so a
 crash at any instant leaves a record a resume can build on:
 
-``run_started`` → per stage (``stage_started`` → checkpoint commit →
-``stage_succeeded``) or ``stage_reused`` → ``run_finished``.
+``run_started`` (the lease) → ``sources_pinned`` → per stage (``stage_started``
+→ checkpoint commit → ``stage_succeeded``) or ``stage_reused`` →
+``recovery_point`` → per sink (``sink_planned`` → Delta commit →
+``sink_written``) → ``run_finished``.
+
+Policy lives elsewhere: what to reuse in :mod:`~spark_recover.plan`, who may
+run in :mod:`~spark_recover.lease`, what a sink may publish in
+:mod:`~spark_recover.publication`.
 """
 
 from __future__ import annotations
@@ -18,17 +24,20 @@ import traceback
 from types import MappingProxyType
 from typing import Any, Callable, Collection, Mapping
 
-from . import __version__, checkpoint, failpoints, sinks, sources
+from dataclasses import dataclass, field
+
+from . import __version__, checkpoint, failpoints, lease, publication, sinks, sources
 from .config import Settings, load_settings
-from .errors import RefusedError, StageError, UsageError
+from .errors import RecoverError, RefusedError, StageError, UsageError
 from .fingerprint import digest
 from .job import Job
 from .ledger import Heartbeat, Ledger, RunRecord, apply_event, this_process
 from .plan import StagePlan, plan_run
+from .publication import SinkTarget
 from .report import params_text, run_html, run_text
-from .storage import Layout
+from .storage import Layout, canonical
 
-__all__ = ["RunResult", "run_job", "resume_job", "resume_command", "latest_failed_run"]
+__all__ = ["RunResult", "run_job", "resume_job", "resume_command", "replay_choice"]
 
 
 class RunResult:
@@ -100,24 +109,197 @@ def resume_command(run_id: str, settings: Settings) -> str:
     return " ".join(parts)
 
 
-def latest_failed_run(ledger: Ledger, job: Job, params: Mapping[str, Any]) -> RunRecord | None:
-    """The newest failed (or dead) run of ``job`` with exactly these parameters."""
+def replay_choice(ledger: Ledger, job: Job, params: Mapping[str, Any]) -> tuple[RunRecord | None, str]:
+    """What ``run --resume`` does: resume the newest failed run with these parameters, or not.
+
+    Returns ``(origin, why)``: the run to resume, or ``None`` with the reason
+    (no run to resume: start a new one; already succeeded or recovered: nothing
+    to do, which ``why`` starting with ``"done:"`` says). Needs no JVM.
+    """
     key = digest(params, 16)
-    failed = [r for r in ledger.runs(job.name) if r.params_key == key and r.status == "failed"]
-    return failed[-1] if failed else None
+    runs = [r for r in ledger.runs(job.name) if r.params_key == key and not r.refused]
+    if not runs:
+        return None, "no earlier run with these parameters: starting a new run"
+    newest = runs[-1]
+    if newest.status == "running":
+        raise lease.holder_error(newest)
+    if newest.status == "succeeded":
+        return None, f"done: run {newest.run_id} with these parameters already succeeded; nothing to resume"
+    if newest.recovered_by:
+        return None, (f"done: run {newest.run_id} was already recovered by run {newest.recovered_by}; "
+                      "nothing to resume")
+    if newest.status == "failed":
+        return newest, f"resuming failed run {newest.run_id}"
+    return None, f"run {newest.run_id} was rolled back: starting a new run"
 
 
-def _live_holders(ledger: Ledger, job: Job, params_key: str, me: str | None = None) -> list[RunRecord]:
-    return [r for r in ledger.runs(job.name)
-            if r.params_key == params_key and r.run_id != me and r.status == "running"]
+@dataclass
+class RunContext:
+    """One run being executed: who it is, where it writes, and its ledger record."""
+
+    job: Job
+    params: dict[str, Any]
+    params_key: str
+    settings: Settings
+    layout: Layout
+    ledger: Ledger
+    run_id: str
+    say: Callable[[str], None]
+    record: RunRecord = field(init=False)
+    claim: lease.Claim | None = None
+
+    def __post_init__(self) -> None:
+        self.record = RunRecord(self.run_id, self.job.name, dead_after=self.settings.dead_after_seconds)
+
+    def log(self, event: str, **values: Any) -> None:
+        apply_event(self.record, self.ledger.append(self.run_id, self.job.name, event, **values))
 
 
-def _refuse(holders: list[RunRecord]) -> RefusedError:
-    h = holders[0]
-    return RefusedError(f"run {h.run_id} of job {h.job!r} with these parameters is still running",
-                        f"one run per job and parameters at a time; the holder is pid "
-                        f"{h.process.get('pid')} on {h.process.get('host')}, last seen "
-                        f"{h.last_seen}", holder=h.run_id)
+def _new_context(job: Job, params: Mapping[str, Any], settings: Settings, echo: bool) -> RunContext:
+    layout = Layout.at(settings.root, settings.storage_options)
+    params = _check_params(params)
+    run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+    return RunContext(job, params, digest(params, 16), settings, layout,
+                      Ledger(layout, dead_after=settings.dead_after_seconds), run_id, _echo_to(echo))
+
+
+def _check_replayable(ctx: RunContext, origin: RunRecord) -> list[RunRecord]:
+    """The origin's logical run, after refusing a replay of a run that was already recovered."""
+    if origin.status == "running":
+        raise RefusedError(f"run {origin.run_id} is still running",
+                           f"its driver (pid {origin.process.get('pid')} on {origin.process.get('host')}) "
+                           f"was last seen {origin.last_seen}; resume it once it has stopped",
+                           run_id=origin.run_id)
+    runs = ctx.ledger.runs(ctx.job.name)
+    fresh = next((r for r in runs if r.run_id == origin.run_id), origin)
+    if fresh.recovered_by:
+        raise RefusedError(f"run {origin.run_id} was already recovered by run {fresh.recovered_by}",
+                           "replaying it again would repeat a finished recovery; see "
+                           f"`spark-recover show {fresh.recovered_by}` (to replace its output, "
+                           f"`spark-recover redo {fresh.recovered_by}`)", run_id=origin.run_id,
+                           recovered_by=fresh.recovered_by)
+    return ctx.ledger.lineage(fresh, runs)
+
+
+def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
+            settings: Settings | None = None, spark=None, resume_from: RunRecord | None = None,
+            rerun: Collection[str] = (), refresh_sources: bool = False,
+            echo: bool = True) -> RunResult:
+    """Run ``job`` (or replay ``resume_from``) and return its :class:`RunResult`.
+
+    Errors before the run starts (bad parameters or sinks, a held lease, a
+    replay of a recovered run) raise and write nothing. A stage that raises
+    ends the run as ``failed``; the result carries the error and the ledger
+    the resume point. A replay that would publish other data to a sink its
+    logical run already published is refused (:class:`RefusedError`).
+    """
+    ctx = _new_context(job, params, settings or load_settings(root=root), echo)
+    stage_names = [s.name for s in job.stages]
+    if not stage_names:
+        raise UsageError(f"job {job.name!r} has no stages", "expected at least one @job.stage")
+    failpoints.check(stage_names)
+    job.downstream(list(rerun))  # validates the names
+    targets = publication.resolve_sinks(job, ctx.params, ctx.layout)
+    lineage = _check_replayable(ctx, resume_from) if resume_from is not None else []
+
+    ctx.claim = lease.claim(ctx.ledger, job.name, ctx.params_key, ctx.run_id, {
+        "params": ctx.params, "params_key": ctx.params_key, "job_file": job.file, "stages": stage_names,
+        "origin_run_id": resume_from.run_id if resume_from else None, "rerun": list(rerun),
+        "process": this_process(), "library": __version__})
+    ctx.record = ctx.ledger.run(ctx.run_id)
+    heartbeat = Heartbeat(ctx.ledger, ctx.run_id, job.name, ctx.settings.heartbeat_seconds)
+    heartbeat.start()
+    origin_text = f", resuming {resume_from.run_id}" if resume_from else ""
+    ctx.say(f"run {ctx.run_id} of job {job.name} started (params: {params_text(ctx.params)}{origin_text})")
+    started = time.monotonic()
+    try:
+        if spark is None:
+            from .session import get_spark
+            spark = get_spark(ctx.settings)
+        started = time.monotonic()  # the run's clock excludes starting the JVM
+        pins = _pin_sources(ctx, spark, resume_from, refresh_sources)
+        plans = plan_run(job, ctx.params, pins, origin=resume_from, rerun=rerun,
+                         verify=lambda rec: checkpoint.verify(rec.checkpoint, rec.version, ctx.layout))
+        _check_publication(ctx, spark, targets, plans, lineage)
+        _execute(ctx, spark, plans, pins)
+        if targets:
+            _publish(ctx, spark, targets, lineage)
+        status, error = "succeeded", None
+    except StageError as exc:
+        status, error = "failed", exc.detail
+    except BaseException as exc:  # refused, no session, interrupted (Ctrl-C in a notebook), the ledger failed
+        heartbeat.stop()
+        refused = isinstance(exc, RefusedError)
+        why = f"refused: {exc}" if refused else str(exc) if isinstance(exc, RecoverError) \
+            else f"interrupted: {type(exc).__name__}: {exc}"
+        with contextlib.suppress(Exception):  # record it if we still can: the run is not running
+            ctx.log("run_finished", status="refused" if refused else "failed",
+                    seconds=round(time.monotonic() - started, 3), error=why[:2000])
+        raise
+    finally:
+        heartbeat.stop()
+    total = time.monotonic() - started
+    metrics = _recovery_metrics(ctx, plans, total) if resume_from is not None else {}
+    ctx.log("run_finished", status=status, seconds=round(total, 3), error=error, detail={"metrics": metrics})
+    ctx.ledger.compact()
+    if status == "succeeded":
+        ratio = f", R = {metrics['recovery_ratio']}" if metrics.get("recovery_ratio") else ""
+        ctx.say(f"run {ctx.run_id} succeeded in {total:.1f}s{ratio}")
+    else:
+        ctx.say(f"run {ctx.run_id} failed: {error}")
+        ctx.say(f"resume with: {resume_command(ctx.run_id, ctx.settings)}")
+    return RunResult(ctx.record, spark, ctx.layout)
+
+
+def _recovery_metrics(ctx: RunContext, plans: list[StagePlan], total: float) -> dict[str, Any]:
+    clean, basis = _clean_seconds(ctx.ledger.runs(ctx.job.name), ctx.record)
+    return {"recovery_seconds": round(total, 3), "clean_seconds": clean, "clean_seconds_basis": basis,
+            "recovery_ratio": round(total / clean, 4) if clean else None,
+            "reused_stages": sum(1 for p in plans if p.reuse),
+            "recomputed_stages": sum(1 for p in plans if not p.reuse)}
+
+
+def _pin_sources(ctx: RunContext, spark, origin: RunRecord | None, refresh: bool) -> dict[str, Any]:
+    """Pin every source a stage reads, and record the pins."""
+    pins: dict[str, Any] = {}
+    read = {i for s in ctx.job.stages for i in s.inputs}
+    for src in ctx.job.sources:
+        if src.name not in read:
+            continue
+        old = origin.sources.get(src.name) if origin else None
+        # A replay reads Delta sources at the versions its origin pinned (same input);
+        # files-based sources are re-listed so a change is seen, and a source whose
+        # location changed with a parameter override is pinned afresh.
+        keep = (old is not None and old.get("kind") == "delta" and not refresh
+                and old.get("location") == src.location(ctx.params))
+        pins[src.name] = old if keep else sources.pin(spark, src, ctx.params, ctx.layout)
+    ctx.log("sources_pinned", detail={"sources": pins})
+    return pins
+
+
+def _check_publication(ctx: RunContext, spark, targets: list[SinkTarget], plans: list[StagePlan],
+                       lineage: list[RunRecord]) -> None:
+    """Before computing anything: refuse a replay that would publish other data to a published sink."""
+    for st in targets:
+        if st.target.catalog:
+            uri = sinks.physical_uri(spark, st.target)
+            if uri is not None and not st.target.is_delta(uri):
+                raise UsageError(f"sink table {st.table} is not a Delta table",
+                                 f"expected a Delta table (or none) named {st.table}, found one stored at {uri}",
+                                 table=st.table)
+    prior_of = publication.priors(lineage)
+    if not prior_of:
+        return
+    by_stage = {p.name: p for p in plans}
+    for st in targets:
+        prior = prior_of.get(canonical(st.table))
+        if prior is None:
+            continue
+        plan = by_stage[st.sink.stage]
+        data = publication.data_identity(plan.origin.checkpoint, plan.origin.version, st.predicate) \
+            if plan.reuse and plan.origin else None
+        committed = sinks.table_state(spark, st.target, prior.app).txn_version
+        publication.decide(st.table, data, prior, prior.app, committed, [])  # raises if refused
 
 
 def _clean_seconds(ledger_runs: list[RunRecord], record: RunRecord) -> tuple[float | None, str]:
@@ -132,112 +314,15 @@ def _clean_seconds(ledger_runs: list[RunRecord], record: RunRecord) -> tuple[flo
     return None, "unknown"
 
 
-def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
-            settings: Settings | None = None, spark=None, resume_from: RunRecord | None = None,
-            rerun: Collection[str] = (), refresh_sources: bool = False,
-            echo: bool = True) -> RunResult:
-    """Run ``job`` (or replay ``resume_from``) and return its :class:`RunResult`.
-
-    Errors before the run starts (bad parameters, a missing source, a held
-    lease) raise and write nothing. A stage that raises ends the run as
-    ``failed``; the result carries the error and the ledger the resume point.
-    """
-    say = _echo_to(echo)
-    settings = settings or load_settings(root=root)
-    layout = Layout.at(settings.root, settings.storage_options)
-    ledger = Ledger(layout, dead_after=settings.dead_after_seconds)
-    params = _check_params(params)
-    params_key = digest(params, 16)
-    stage_names = [s.name for s in job.stages]
-    if not stage_names:
-        raise UsageError(f"job {job.name!r} has no stages", "expected at least one @job.stage")
-    failpoints.check(stage_names)
-    job.downstream(list(rerun))  # validates the names
-    holders = _live_holders(ledger, job, params_key)
-    if holders:
-        raise _refuse(holders)
-
-    if spark is None:
-        from .session import get_spark
-        spark = get_spark(settings)
-    started = time.monotonic()  # the run's clock excludes starting the JVM
-    pins: dict[str, Any] = {}
-    for src in job.sources:
-        if src.name not in {i for s in job.stages for i in s.inputs}:
-            continue
-        old = resume_from.sources.get(src.name) if resume_from else None
-        # A replay reads Delta sources at the versions its origin pinned (same input);
-        # files-based sources are re-listed so a change is seen, and a source whose
-        # location changed with a parameter override is pinned afresh.
-        keep = (old is not None and old.get("kind") == "delta" and not refresh_sources
-                and old.get("location") == src.location(params))
-        pins[src.name] = old if keep else sources.pin(spark, src, params)
-    plans = plan_run(job, params, pins, origin=resume_from, rerun=rerun,
-                     verify=lambda rec: checkpoint.verify(rec.checkpoint, rec.version, layout.storage_options))
-
-    run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-    record = RunRecord(run_id, job.name, dead_after=settings.dead_after_seconds)
-
-    def log(event: str, **values: Any) -> None:
-        apply_event(record, ledger.append(run_id, job.name, event, **values))
-
-    log("run_started", detail={
-        "params": params, "params_key": params_key, "job_file": job.file, "stages": stage_names,
-        "origin_run_id": resume_from.run_id if resume_from else None, "rerun": list(rerun),
-        "sources": pins, "process": this_process(), "library": __version__})
-    holders = _live_holders(ledger, job, params_key, me=run_id)
-    if holders:  # lost a race to start: step back, leaving the other run alone
-        log("run_finished", status="refused", error=f"run {holders[0].run_id} holds the lease")
-        raise _refuse(holders)
-    heartbeat = Heartbeat(ledger, run_id, job.name, settings.heartbeat_seconds)
-    heartbeat.start()
-    origin_text = f", resuming {resume_from.run_id}" if resume_from else ""
-    say(f"run {run_id} of job {job.name} started (params: {params_text(params)}{origin_text})")
-    try:
-        _execute(job, spark, layout, plans, pins, params, params_key, run_id, record, log, say)
-        if job.sinks:
-            _publish(job, spark, ledger, params, params_key, run_id, record, resume_from, log, say)
-        status, error = "succeeded", None
-    except StageError as exc:
-        status, error = "failed", exc.detail
-    except BaseException as exc:  # interrupted (Ctrl-C in a notebook), or the ledger failed
-        heartbeat.stop()
-        with contextlib.suppress(Exception):  # record it if we still can: the run is not running
-            log("run_finished", status="failed", seconds=round(time.monotonic() - started, 3),
-                error=f"interrupted: {type(exc).__name__}: {exc}"[:2000])
-        raise
-    finally:
-        heartbeat.stop()
-    total = time.monotonic() - started
-    metrics: dict[str, Any] = {}
-    if resume_from is not None:
-        clean, basis = _clean_seconds(ledger.runs(job.name), record)
-        metrics = {"recovery_seconds": round(total, 3), "clean_seconds": clean, "clean_seconds_basis": basis,
-                   "recovery_ratio": round(total / clean, 4) if clean else None,
-                   "reused_stages": sum(1 for p in plans if p.reuse),
-                   "recomputed_stages": sum(1 for p in plans if not p.reuse)}
-    log("run_finished", status=status, seconds=round(total, 3), error=error, detail={"metrics": metrics})
-    ledger.compact()
-    if status == "succeeded":
-        ratio = f", R = {metrics['recovery_ratio']}" if metrics.get("recovery_ratio") else ""
-        say(f"run {run_id} succeeded in {total:.1f}s{ratio}")
-    else:
-        say(f"run {run_id} failed: {error}")
-        say(f"resume with: {resume_command(run_id, settings)}")
-    return RunResult(record, spark, layout)
-
-
-def _execute(job: Job, spark, layout: Layout, plans: list[StagePlan], pins: Mapping[str, Any],
-             params: Mapping[str, Any], params_key: str, run_id: str, record: RunRecord,
-             log: Callable[..., None], say: Callable[[str], None]) -> None:
-    frames: dict[str, Any] = {}
+def _execute(ctx: RunContext, spark, plans: list[StagePlan], pins: Mapping[str, Any]) -> None:
+    job, frames = ctx.job, {}
 
     def frame(name: str):
         if name not in frames:
             if name in pins:
                 frames[name] = sources.read(spark, next(s for s in job.sources if s.name == name), pins[name])
             else:
-                rec = record.stages[name]
+                rec = ctx.record.stages[name]
                 frames[name] = checkpoint.read(spark, rec.checkpoint, rec.version)
         return frames[name]
 
@@ -247,91 +332,94 @@ def _execute(job: Job, spark, layout: Layout, plans: list[StagePlan], pins: Mapp
         if plan.reuse:
             o = plan.origin
             assert o is not None
-            log("stage_reused", stage=plan.name, version=o.version, rows=o.rows, seconds=0.0,
-                fingerprint=o.fingerprint, checkpoint=o.checkpoint, reason="reused",
-                detail={"parts": {**plan.parts, "compute_seconds": o.parts.get("compute_seconds")},
-                        "from_run": o.from_run})
-            say(f"{tag} reused (version {o.version}, {_rows(o.rows)} from run {o.from_run})")
+            ctx.log("stage_reused", stage=plan.name, version=o.version, rows=o.rows, seconds=0.0,
+                    fingerprint=o.fingerprint, checkpoint=o.checkpoint, reason="reused",
+                    detail={"parts": {**plan.parts, "compute_seconds": o.parts.get("compute_seconds")},
+                            "from_run": o.from_run})
+            ctx.say(f"{tag} reused (version {o.version}, {_rows(o.rows)} from run {o.from_run})")
             continue
-        say(f"{tag} started" + (f": recomputed because {plan.reason}" if plan.reason else ""))
-        log("stage_started", stage=plan.name, reason=plan.reason, fingerprint=plan.fingerprint,
-            detail={"parts": plan.parts})
+        ctx.say(f"{tag} started" + (f": recomputed because {plan.reason}" if plan.reason else ""))
+        ctx.log("stage_started", stage=plan.name, reason=plan.reason, fingerprint=plan.fingerprint,
+                detail={"parts": plan.parts})
         failpoints.hit(plan.name, "before")
+        location = ctx.layout.checkpoint(job.name, ctx.params_key, plan.name)
         t0 = time.monotonic()
         try:
             kwargs = {i: frame(i) for i in plan.stage.inputs}
             if plan.stage.wants_params:
-                kwargs["params"] = MappingProxyType(dict(params))
+                kwargs["params"] = MappingProxyType(dict(ctx.params))
             if plan.stage.wants_spark:
                 kwargs["spark"] = spark
             out = plan.stage.func(**kwargs)
             _check_dataframe(plan.name, out)
-            written = checkpoint.write(out, layout.checkpoint(job.name, params_key, plan.name),
-                                       {"run_id": run_id, "stage": plan.name,
-                                        "fingerprint": plan.fingerprint}, layout.storage_options)
+            written = checkpoint.write(out, location, {"run_id": ctx.run_id, "stage": plan.name,
+                                                       "fingerprint": plan.fingerprint}, ctx.layout)
         except Exception as exc:
             seconds = time.monotonic() - t0
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            message = _first_line(exc)
             error = f"stage {plan.name!r} failed: {type(exc).__name__}: {message}"[:2000]
-            log("stage_failed", stage=plan.name, seconds=round(seconds, 3), error=error,
-                reason=plan.reason, detail={"traceback": traceback.format_exc()[-8000:]})
-            say(f"{tag} FAILED after {seconds:.1f}s: {type(exc).__name__}: {message}")
+            ctx.log("stage_failed", stage=plan.name, seconds=round(seconds, 3), error=error,
+                    reason=plan.reason, detail={"traceback": traceback.format_exc()[-8000:]})
+            ctx.say(f"{tag} FAILED after {seconds:.1f}s: {type(exc).__name__}: {message}")
             raise StageError(f"stage {plan.name!r} failed", error, stage=plan.name) from exc
         failpoints.hit(plan.name, "after_write")
         seconds = time.monotonic() - t0
-        location = layout.checkpoint(job.name, params_key, plan.name)
-        log("stage_succeeded", stage=plan.name, version=written.version, rows=written.rows,
-            seconds=round(seconds, 3), fingerprint=plan.fingerprint, checkpoint=location,
-            reason=plan.reason, detail={"parts": {**plan.parts, "compute_seconds": round(seconds, 3)},
-                                        "from_run": run_id, "files": written.files,
-                                        "bytes": written.bytes})
+        ctx.log("stage_succeeded", stage=plan.name, version=written.version, rows=written.rows,
+                seconds=round(seconds, 3), fingerprint=plan.fingerprint, checkpoint=location,
+                reason=plan.reason, detail={"parts": {**plan.parts, "compute_seconds": round(seconds, 3)},
+                                            "from_run": ctx.run_id, "files": written.files,
+                                            "bytes": written.bytes})
         failpoints.hit(plan.name, "after_commit")
-        say(f"{tag} done in {seconds:.1f}s: {_rows(written.rows)}, version {written.version}")
+        ctx.say(f"{tag} done in {seconds:.1f}s: {_rows(written.rows)}, version {written.version}")
 
 
-def _publish(job: Job, spark, ledger: Ledger, params: Mapping[str, Any], params_key: str, run_id: str,
-             record: RunRecord, origin: RunRecord | None, log: Callable[..., None],
-             say: Callable[[str], None]) -> None:
-    """Write every sink exactly once, after its recovery point is in the ledger."""
-    # A replay continues its origin's publication: same recovery point, and the same
-    # transaction version for a sink whose data is unchanged (so Delta skips a repeat).
-    carry = origin is not None and origin.recovery_point is not None and not origin.rolled_back
-    point = origin.recovery_point if carry else {
-        s.target(params).location: sinks.table_state(spark, s.target(params)).to_json() for s in job.sinks}
-    log("recovery_point", detail={"tables": point, "inherited_from": origin.run_id if carry else None})
-    history = [r for r in ledger.runs(job.name) if r.params_key == params_key]
-    for sink in job.sinks:
-        target = sink.target(params)
-        app = sinks.app_id(job.name, params_key, target)
-        data = record.stages[sink.stage]
-        prior = origin.sinks.get(target.location) if carry else None
-        if prior and (prior.get("checkpoint"), prior.get("checkpoint_version")) == (data.checkpoint, data.version):
-            txn_version = int(prior["txn_version"])
-        else:
-            used = [int(v["txn_version"]) for r in history for v in r.sinks.values() if v.get("txn_app_id") == app]
-            current = sinks.table_state(spark, target, app).txn_version
-            txn_version = max(used + [current if current is not None else -1]) + 1
-        log("sink_planned", stage=sink.stage, detail={
-            "table": target.location, "mode": sink.mode, "txn_app_id": app, "txn_version": txn_version,
+def _publish(ctx: RunContext, spark, targets: list[SinkTarget], lineage: list[RunRecord]) -> None:
+    """Write every sink at most once per logical run, after its recovery point is in the ledger."""
+    ctx.claim.check()  # a run that lost its lease writes no sink
+    states = {st.table: {**sinks.table_state(spark, st.target).to_json(), "catalog": st.target.catalog}
+              for st in targets}
+    point, inherited = publication.recovery_point(lineage, [st.table for st in targets], states)
+    ctx.log("recovery_point", detail={"tables": point, "inherited_from": inherited})
+    prior_of = publication.priors(lineage)
+    first_key = lineage[0].params_key if lineage else ctx.params_key
+    runs = ctx.ledger.runs(ctx.job.name)
+    for st in targets:
+        data = ctx.record.stages[st.sink.stage]
+        prior = prior_of.get(canonical(st.table))
+        app = prior.app if prior else publication.app_id(ctx.job.name, first_key, st.target)
+        committed = sinks.table_state(spark, st.target, app).txn_version
+        identity = publication.data_identity(data.checkpoint, data.version, st.predicate)
+        decision = publication.decide(st.table, identity, prior, app, committed,
+                                      publication.taken_versions(runs, app))
+        ctx.claim.check()
+        ctx.log("sink_planned", stage=st.sink.stage, detail={
+            "table": st.table, "mode": st.sink.mode, "txn_app_id": decision.app,
+            "txn_version": decision.txn_version, "repeats": decision.repeats, "predicate": st.predicate,
             "checkpoint": data.checkpoint, "checkpoint_version": data.version})
-        failpoints.hit(sink.stage, "sink_before")
+        failpoints.hit(st.sink.stage, "sink_before")
         t0 = time.monotonic()
         try:
-            written = sinks.publish(spark, sink, checkpoint.read(spark, data.checkpoint, data.version),
-                                    params, app, txn_version, {"run_id": run_id, "sink": target.location})
+            written = sinks.publish(spark, st, lambda session: checkpoint.read(session, data.checkpoint, data.version),
+                                    decision.app, decision.txn_version, {"run_id": ctx.run_id, "sink": st.table})
         except Exception as exc:
-            message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            error = f"sink of stage {sink.stage!r} to {target.location} failed: {type(exc).__name__}: {message}"
-            log("sink_failed", stage=sink.stage, error=error[:2000],
-                detail={"table": target.location, "traceback": traceback.format_exc()[-8000:]})
-            say(f"  sink {target.location} FAILED: {type(exc).__name__}: {message}")
-            raise StageError(f"sink of stage {sink.stage!r} failed", error, stage=sink.stage) from exc
-        failpoints.hit(sink.stage, "sink_after_write")
-        log("sink_written", stage=sink.stage, seconds=round(time.monotonic() - t0, 3), detail=written)
-        failpoints.hit(sink.stage, "sink_after_commit")
-        say(f"  sink {target.location} ({sink.mode}): " + (
-            f"already committed as txn {txn_version}, skipped (no duplicate)" if written["skipped_duplicate"]
+            message = _first_line(exc)
+            error = f"sink of stage {st.sink.stage!r} to {st.table} failed: {type(exc).__name__}: {message}"
+            ctx.log("sink_failed", stage=st.sink.stage, error=error[:2000],
+                    detail={"table": st.table, "traceback": traceback.format_exc()[-8000:]})
+            ctx.say(f"  sink {st.table} FAILED: {type(exc).__name__}: {message}")
+            raise StageError(f"sink of stage {st.sink.stage!r} failed", error, stage=st.sink.stage) from exc
+        failpoints.hit(st.sink.stage, "sink_after_write")
+        ctx.log("sink_written", stage=st.sink.stage, seconds=round(time.monotonic() - t0, 3), detail=written)
+        failpoints.hit(st.sink.stage, "sink_after_commit")
+        ctx.say(f"  sink {st.table} ({st.sink.mode}): " + (
+            f"already committed as txn {decision.txn_version}, skipped (no duplicate)"
+            if written["skipped_duplicate"]
             else f"version {_version(written['version_before'])} -> {written['version_after']}"))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else ""
 
 
 def _version(version: int | None) -> str:
@@ -355,7 +443,8 @@ def resume_job(job: Job, run_id: str, *, root: str | None = None, settings: Sett
     """Replay run ``run_id`` as a new run (``origin_run_id``), reusing what is valid.
 
     ``params`` overrides some of the origin's parameters; stages that see them
-    are recomputed, with the changed parameter as the reason.
+    are recomputed, with the changed parameter as the reason. A run that a
+    later run already recovered is not replayed again (:class:`RefusedError`).
     """
     settings = settings or load_settings(root=root)
     ledger = Ledger(Layout.at(settings.root, settings.storage_options), settings.dead_after_seconds)
@@ -364,10 +453,5 @@ def resume_job(job: Job, run_id: str, *, root: str | None = None, settings: Sett
         raise UsageError(f"run {run_id} is of job {origin.job!r}, not {job.name!r}",
                          f"resume it with the job file that defines {origin.job!r}"
                          + (f" ({origin.job_file})" if origin.job_file else ""), run_id=run_id)
-    if origin.status == "running":
-        raise RefusedError(f"run {run_id} is still running",
-                           f"its driver (pid {origin.process.get('pid')} on {origin.process.get('host')}) "
-                           f"was last seen {origin.last_seen}; resume it once it has stopped",
-                           run_id=run_id)
     merged = {**origin.params, **(params or {})}
     return run_job(job, merged, settings=settings, resume_from=origin, **options)

@@ -6,29 +6,28 @@ ledger hands out and records *before* the write). Delta ignores a write whose
 ``txnVersion`` it has already committed for that ``txnAppId``, so replaying a
 sink after a crash never duplicates rows. MERGE reads the identifiers from the
 session confs ``spark.databricks.delta.write.txnAppId``/``txnVersion``: they are
-set under a process-wide lock and put back as they were (unset) after the MERGE, so jobs sharing a session
-cannot leak them into each other's writes.
+set on a new session of the MERGE's own (``spark.newSession()``: same Spark
+context, its own confs), so no other write can pick them up. Which pair a
+write uses is :mod:`spark_recover.publication`'s rule.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import re
-import threading
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .errors import UsageError
-from .fingerprint import digest
-from .job import Sink
 from .storage import Target, native_uri, spark_uri
 
-__all__ = ["fill_predicate", "app_id", "TableState", "table_state", "physical_uri", "publish", "session_confs"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .publication import SinkTarget
+
+__all__ = ["fill_predicate", "TableState", "table_state", "physical_uri", "publish", "isolated_session"]
 
 _TXN_CONFS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion",
               "spark.databricks.delta.commitInfo.userMetadata")
-_SESSION_CONF_LOCK = threading.Lock()
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 
 
@@ -70,11 +69,6 @@ def fill_predicate(template: str, params: Mapping[str, Any]) -> str:
     return "".join(out)
 
 
-def app_id(job: str, params_key: str, target: Target) -> str:
-    """The Delta ``txnAppId`` of one job, parameters and table."""
-    return f"spark-recover-{job}-{params_key}-{digest(target.location, 12)}"
-
-
 @dataclass(frozen=True)
 class TableState:
     """A table's version and commit time (and our transaction version), or absent."""
@@ -100,39 +94,37 @@ def physical_uri(spark, target: Target) -> str | None:
 
 def table_state(spark, target: Target, app: str | None = None) -> TableState:
     """A table's state, read with delta-rs (a catalog table's location comes from Spark)."""
-    import deltalake
-
     uri = physical_uri(spark, target)
-    if uri is None or not deltalake.DeltaTable.is_deltatable(uri):
+    if uri is None or not target.is_delta(uri):
         return TableState(exists=False, uri=uri)
-    table = deltalake.DeltaTable(uri)
+    table = target.delta(uri)
     last = table.history(1)[0]
     return TableState(exists=True, version=table.version(), timestamp=str(last.get("timestamp")),
                       txn_version=table.transaction_version(app) if app else None, uri=uri)
 
 
-def publish(spark, sink: Sink, df, params: Mapping[str, Any], app: str,
-            txn_version: int, metadata: Mapping[str, Any]) -> dict[str, Any]:
-    """Write ``df`` to the sink unless Delta already holds ``txn_version`` for ``app``.
+def publish(spark, sink: SinkTarget, read: Callable[[Any], Any], app: str, txn_version: int,
+            metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Write ``read(session)`` to the sink unless Delta already holds ``txn_version`` for ``app``.
 
     Returns ``version_before``, ``version_after`` and ``skipped_duplicate``.
     """
-    target = sink.target(params)
+    target, mode = sink.target, sink.sink.mode
     tag = json.dumps(dict(metadata), sort_keys=True)
     before = table_state(spark, target, app)
-    done = {"table": target.location, "mode": sink.mode, "txn_app_id": app, "txn_version": txn_version,
+    done = {"table": target.location, "mode": mode, "txn_app_id": app, "txn_version": txn_version,
             "version_before": before.version}
     if before.txn_version is not None and before.txn_version >= txn_version:
         return {**done, "version_after": before.version, "skipped_duplicate": True}
-    if sink.mode == "merge" and before.exists:
-        _merge(spark, sink, target, df, app, txn_version, tag)
+    if mode == "merge" and before.exists:
+        _merge(spark, sink, read, app, txn_version, tag)
     else:
-        writer = (df.write.format("delta").option("txnAppId", app).option("txnVersion", txn_version)
+        writer = (read(spark).write.format("delta").option("txnAppId", app).option("txnVersion", txn_version)
                   .option("userMetadata", tag))
-        if sink.mode == "replace_where":
-            writer = writer.mode("overwrite").option("replaceWhere", fill_predicate(sink.predicate or "", params))
+        if mode == "replace_where":
+            writer = writer.mode("overwrite").option("replaceWhere", sink.predicate)
         else:
-            writer = writer.mode("overwrite" if sink.mode == "overwrite" else "append")
+            writer = writer.mode("overwrite" if mode == "overwrite" else "append")
         if target.catalog:
             writer.saveAsTable(target.location)
         else:
@@ -142,33 +134,30 @@ def publish(spark, sink: Sink, df, params: Mapping[str, Any], app: str,
     return {**done, "version_after": after.version, "skipped_duplicate": skipped}
 
 
-def _merge(spark, sink: Sink, target: Target, df, app: str, txn_version: int, tag: str) -> None:
+def _merge(spark, sink: SinkTarget, read: Callable[[Any], Any], app: str, txn_version: int, tag: str) -> None:
     from delta.tables import DeltaTable
 
-    table = (DeltaTable.forName(spark, target.location) if target.catalog
-             else DeltaTable.forPath(spark, spark_uri(target.location)))
-    condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in sink.keys)
-    with session_confs(spark, dict(zip(_TXN_CONFS, (app, str(txn_version), tag)))):
-        (table.alias("t").merge(df.alias("s"), condition)
-         .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+    # Delta reads MERGE's transaction identifiers from session confs. They are set
+    # on a session of the MERGE's own, so no other write of the job (another
+    # thread, a later sink) can ever commit under them.
+    target = sink.target
+    session = isolated_session(spark, dict(zip(_TXN_CONFS, (app, str(txn_version), tag))))
+    table = (DeltaTable.forName(session, target.location) if target.catalog
+             else DeltaTable.forPath(session, spark_uri(target.location)))
+    source = read(session)
+    condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in sink.sink.keys)
+    (table.alias("t").merge(source.alias("s"), condition)
+     .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
 
 
-@contextlib.contextmanager
-def session_confs(spark, confs: Mapping[str, str]) -> Iterator[None]:
-    """Set session confs for one operation, under a lock, then put back what was there.
+def isolated_session(spark, confs: Mapping[str, str]):
+    """A new session on the same Spark context, with ``confs`` set only there.
 
-    A conf the session did not set before is unset again, so transaction
-    identifiers never outlive the write they were set for.
+    Session confs of it (transaction identifiers, ``userMetadata``, VACUUM
+    switches) are invisible to every other session, so they cannot leak into
+    another thread's or job's writes.
     """
-    with _SESSION_CONF_LOCK:
-        before = {key: spark.conf.get(key, None) for key in confs}
-        for key, value in confs.items():
-            spark.conf.set(key, value)
-        try:
-            yield
-        finally:
-            for key, value in before.items():
-                if value is None:
-                    spark.conf.unset(key)
-                else:
-                    spark.conf.set(key, value)
+    session = spark.newSession()
+    for key, value in confs.items():
+        session.conf.set(key, value)
+    return session

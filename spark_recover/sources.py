@@ -13,30 +13,30 @@ from typing import Any, Mapping
 from .errors import UsageError
 from .fingerprint import digest
 from .job import Source
-from .storage import Target, filesystem, spark_uri
+from .storage import Layout, Target, spark_uri
 
 __all__ = ["pin", "read"]
 
 
-def pin(spark, source: Source, params: Mapping[str, Any]) -> dict[str, Any]:
+def pin(spark, source: Source, params: Mapping[str, Any], layout: Layout) -> dict[str, Any]:
     """The pin of a source now: its Delta version, or its file listing's digest."""
     location = source.location(params)
     if source.format == "delta":
         try:
-            ident = Target(location, catalog=source.table is not None).ident
+            ident = Target.parse(location, source.table is not None).ident
             row = spark.sql(f"DESCRIBE HISTORY {ident} LIMIT 1").first()
         except Exception as exc:
             raise UsageError(f"source {source.name!r} is not a readable Delta table",
                              f"expected a Delta table at {location!r}: {str(exc).splitlines()[0]}",
                              source=source.name, location=location) from None
         return {"kind": "delta", "location": location, "version": int(row["version"])}
-    return {"kind": "files", "location": location, **_listing(source, location)}
+    return {"kind": "files", "location": location, **_listing(source, location, layout)}
 
 
-def _listing(source: Source, location: str) -> dict[str, Any]:
+def _listing(source: Source, location: str, layout: Layout) -> dict[str, Any]:
     import pyarrow.fs as pafs
 
-    fs, base = filesystem(location)
+    fs, base = layout.filesystem(location)
     info = fs.get_file_info(base)
     if info.type == pafs.FileType.NotFound:
         raise UsageError(f"source {source.name!r} not found",

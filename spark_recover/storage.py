@@ -4,17 +4,21 @@ The root is a local folder (tests, notebooks) or any Hadoop URI
 (``hdfs://``, ``s3a://``, ``abfss://``, ``gs://``). Nothing else in the package
 joins paths: it asks a :class:`Layout`. Spark (and so Delta's JVM writer) gets
 Hadoop URIs; delta-rs and pyarrow, which read the ledger and verify
-checkpoints without a JVM, get the same location in their own spelling.
+checkpoints without a JVM, get the same location in their own spelling, and
+always the root's storage options: every JVM-free access goes through a
+:class:`Layout` or a :class:`Target`, which carry them.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from dataclasses import dataclass
 from typing import Mapping
 
-__all__ = ["Layout", "Target", "spark_uri", "native_uri", "is_local", "filesystem", "read_delta", "delete_tree"]
+__all__ = ["Layout", "Target", "Storage", "spark_uri", "native_uri", "canonical", "is_local", "filesystem", "open_delta",
+           "read_delta", "delete_tree"]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 # Hadoop scheme -> the scheme delta-rs / pyarrow use for the same store.
@@ -63,9 +67,127 @@ def native_uri(location: str) -> str:
     return _NATIVE_SCHEMES.get(scheme.lower(), scheme) + ":" + rest
 
 
+def canonical(location: str) -> str:
+    """One spelling per location, for comparing locations recorded at different times.
+
+    >>> canonical("file:///tmp/x/") == canonical("/tmp/x") == canonical("file:/tmp/x")
+    True
+    >>> canonical("s3a://bucket/a/") == canonical("s3://bucket/a")
+    True
+    """
+    return urllib.parse.unquote(native_uri(location)).rstrip("/") or "/"
+
+
+_TABLE_ENTRY = re.compile(r"^(_delta_log|_change_data|_SUCCESS|.*\.parquet|\..*\.crc|deletion_vector_.*\.bin"
+                          r"|[^=/]+=.*)$")
+
+_S3_OPTIONS = {  # delta-rs storage option -> pyarrow S3FileSystem argument
+    "aws_access_key_id": "access_key", "aws_secret_access_key": "secret_key",
+    "aws_session_token": "session_token", "aws_region": "region", "aws_endpoint_url": "endpoint_override",
+    "aws_endpoint": "endpoint_override"}
+
+
+def filesystem(location: str, storage_options: Mapping[str, str] | None = None):
+    """A pyarrow file system and path for ``location`` (JVM-free listing and stat).
+
+    An S3 location gets the endpoint, region and credentials of ``storage_options``
+    (delta-rs spelling: ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ...).
+    """
+    import pyarrow.fs as pafs
+
+    uri = native_uri(location)
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), uri
+    opts = {k.lower(): v for k, v in (storage_options or {}).items()}
+    if uri.startswith("s3://") and opts:
+        kwargs = {arg: opts[key] for key, arg in _S3_OPTIONS.items() if key in opts}
+        endpoint = kwargs.get("endpoint_override", "")
+        if endpoint.startswith("http://") or opts.get("aws_allow_http") == "true":
+            kwargs["scheme"] = "http"
+        kwargs["endpoint_override"] = re.sub(r"^https?://", "", endpoint) or None
+        return pafs.S3FileSystem(**kwargs), uri[len("s3://"):]
+    return pafs.FileSystem.from_uri(uri)
+
+
+def open_delta(location: str, version: int | None = None, storage_options: Mapping[str, str] | None = None):
+    """A delta-rs ``DeltaTable`` (at ``version``) with the given storage options."""
+    import deltalake
+
+    return deltalake.DeltaTable(native_uri(location), version=version,
+                                storage_options=dict(storage_options or {}) or None)
+
+
+def read_delta(location: str, version: int | None = None, filter=None,
+               storage_options: Mapping[str, str] | None = None):
+    """Read a Delta table (at ``version``) into a pyarrow Table, without a JVM.
+
+    The data files are read through pyarrow's own file system: scanning through
+    delta-rs's Python file-system handler with Arrow's thread pool can abort
+    the interpreter at exit ("terminate called without an active exception").
+
+    >>> read_delta("/tmp/recover/ledger/events").num_rows   # doctest: +SKIP
+    """
+    import pyarrow.fs as pafs
+
+    table = open_delta(location, version, storage_options)
+    fs, base = filesystem(location, storage_options)
+    return table.to_pyarrow_dataset(filesystem=pafs.SubTreeFileSystem(base, fs)).to_table(filter=filter)
+
+
+def delete_tree(location: str, storage_options: Mapping[str, str] | None = None) -> None:
+    """Delete a folder and everything under it (no JVM: works from any session kind)."""
+    fs, base = filesystem(location, storage_options)
+    fs.delete_dir(base)
+
+
 @dataclass(frozen=True)
-class Layout:
-    """Derives checkpoint and ledger locations from the root.
+class Storage:
+    """JVM-free access to storage, always with the root's storage options."""
+
+    storage_options: Mapping[str, str] | None
+
+    def delta(self, location: str, version: int | None = None):
+        """A delta-rs table at ``location`` (and ``version``)."""
+        return open_delta(location, version, self.storage_options)
+
+    def is_delta(self, location: str) -> bool:
+        import deltalake
+
+        return deltalake.DeltaTable.is_deltatable(native_uri(location), dict(self.storage_options or {}) or None)
+
+    def filesystem(self, location: str):
+        return filesystem(location, self.storage_options)
+
+    def read_delta(self, location: str, version: int | None = None, filter=None):
+        return read_delta(location, version, filter, self.storage_options)
+
+    def delete_tree(self, location: str) -> None:
+        delete_tree(location, self.storage_options)
+
+    def strangers(self, location: str) -> list[str]:
+        """What a Delta table's folder holds that is not the table's (nor a crashed writer's).
+
+        A table is its ``_delta_log``, data files, partition folders and deletion
+        vectors; a writer killed before its first commit leaves only those too.
+        """
+        return sorted(e for e in self.entries(location) or [] if not _TABLE_ENTRY.match(e))
+
+    def entries(self, location: str) -> list[str] | None:
+        """Names directly under a folder, or ``None`` when nothing is there."""
+        import pyarrow.fs as pafs
+
+        fs, base = self.filesystem(location)
+        info = fs.get_file_info(base)
+        if info.type == pafs.FileType.NotFound:
+            return None
+        if info.type == pafs.FileType.File:
+            return [base.rsplit("/", 1)[-1]]
+        return [i.base_name for i in fs.get_file_info(pafs.FileSelector(base))]
+
+
+@dataclass(frozen=True)
+class Layout(Storage):
+    """Derives checkpoint and ledger locations from the root, and reads them with its options.
 
     >>> lay = Layout.at("/tmp/recover")
     >>> lay.checkpoint("daily_sales", "3f2a", "cleaned")
@@ -74,8 +196,7 @@ class Layout:
     '/tmp/recover/ledger/events'
     """
 
-    root: str
-    storage_options: Mapping[str, str] | None = None
+    root: str = ""
 
     @classmethod
     def at(cls, root: str, storage_options: Mapping[str, str] | None = None) -> "Layout":
@@ -99,59 +220,32 @@ class Layout:
         # never share, and so never conflict on or read, each other's table.
         return "/".join([self.checkpoints, job, params_key, stage])
 
+    def target(self, text: str, catalog: bool | None = None) -> "Target":
+        """A sink or recovery-point table, carrying this root's storage options."""
+        return Target.parse(text, catalog, self.storage_options)
+
 
 @dataclass(frozen=True)
-class Target:
+class Target(Storage):
     """A Delta table a job writes or a recovery point covers: a path or a catalog name.
 
     >>> Target.parse("warehouse/daily").catalog, Target.parse("sales.daily").catalog
     (False, True)
     """
 
-    location: str
+    location: str = ""
     catalog: bool = False
 
     @classmethod
-    def parse(cls, text: str) -> "Target":
+    def parse(cls, text: str, catalog: bool | None = None,
+              storage_options: Mapping[str, str] | None = None) -> "Target":
         """A catalog name has no slash and no scheme (``db.table``); anything else is a path."""
-        catalog = "/" not in text and not _SCHEME.match(text)
-        return cls(text if catalog else (_local_path(text) if is_local(text) else text), catalog)
+        if catalog is None:
+            catalog = "/" not in text and not _SCHEME.match(text)
+        location = text if catalog else (_local_path(text) if is_local(text) else text)
+        return cls(storage_options=dict(storage_options or {}) or None, location=location, catalog=catalog)
 
     @property
     def ident(self) -> str:
         """How Spark SQL names it."""
         return self.location if self.catalog else f"delta.`{spark_uri(self.location)}`"
-
-
-def filesystem(location: str):
-    """A pyarrow file system and path for ``location`` (JVM-free listing and stat)."""
-    import pyarrow.fs as pafs
-
-    uri = native_uri(location)
-    return pafs.FileSystem.from_uri(uri if "://" in uri else "file://" + uri)
-
-
-def read_delta(location: str, version: int | None = None, filter=None,
-               storage_options: Mapping[str, str] | None = None):
-    """Read a Delta table (at ``version``) into a pyarrow Table, without a JVM.
-
-    The data files are read through pyarrow's own file system: scanning through
-    delta-rs's Python file-system handler with Arrow's thread pool can abort
-    the interpreter at exit ("terminate called without an active exception").
-
-    >>> read_delta("/tmp/recover/ledger/events").num_rows   # doctest: +SKIP
-    """
-    import deltalake
-    import pyarrow.fs as pafs
-
-    table = deltalake.DeltaTable(native_uri(location), version=version,
-                                 storage_options=dict(storage_options or {}) or None)
-    fs, base = filesystem(location)
-    return table.to_pyarrow_dataset(filesystem=pafs.SubTreeFileSystem(base, fs)).to_table(filter=filter)
-
-
-def delete_tree(spark, location: str) -> None:
-    """Delete a folder through Hadoop's FileSystem, so any URI the cluster reads works."""
-    jvm = spark._jvm
-    path = jvm.org.apache.hadoop.fs.Path(spark_uri(location))
-    path.getFileSystem(spark._jsc.hadoopConfiguration()).delete(path, True)

@@ -4,7 +4,7 @@ import pytest
 
 from spark_recover import Job
 from spark_recover.errors import JobDefinitionError
-from spark_recover.fingerprint import code_hash, explain_change, visible_params
+from spark_recover.fingerprint import code_parts, explain_change, visible_params
 
 
 def _job():
@@ -123,9 +123,9 @@ def uses_constant(orders):
 
 
 def test_code_hash_follows_module_constants(monkeypatch):
-    before = code_hash(uses_constant)
+    before = code_parts(uses_constant)["code"]
     monkeypatch.setitem(globals(), "THRESHOLD", 4)
-    assert code_hash(uses_constant) != before
+    assert code_parts(uses_constant)["code"] != before
 
 
 def test_explain_change_names_each_part():

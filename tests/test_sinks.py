@@ -11,47 +11,13 @@ import pytest
 
 import spark_recover
 from spark_recover.errors import RecoveryPointError, RefusedError
-from spark_recover.job import load_job
 from spark_recover.ledger import Ledger
 from spark_recover.recovery import create_point
 from spark_recover.storage import Layout, read_delta
 from spark_recover.testing import crash_at, kill_during, run_cli
 
-from conftest import JOBS
+from conftest import SINK_JOB, TABLES, check_tables, read_table
 from recovery_checks import assert_same_rows
-
-SINK_JOB = str(JOBS / "sink_job.py")
-TABLES = ["daily_log", "by_day", "store_totals", "region_totals"]
-
-
-@pytest.fixture(scope="session")
-def sink_job():
-    return load_job(SINK_JOB)
-
-
-def _read(spark, out: Path, table: str, version: int | None = None):
-    reader = spark.read.format("delta")
-    if version is not None:
-        reader = reader.option("versionAsOf", version)
-    return reader.load(str(out / table))
-
-
-@pytest.fixture(scope="session")
-def clean_sinks(spark, sink_job, source_data, tmp_path_factory):
-    """Each sink table's rows after one clean run into empty tables."""
-    out = tmp_path_factory.mktemp("clean-out")
-    result = sink_job.run({"data": str(source_data), "out": str(out), "day": "3"},
-                          root=str(tmp_path_factory.mktemp("clean-sink-root")), spark=spark, echo=False)
-    assert result.status == "succeeded", result.error
-    return {t: _read(spark, out, t).collect() for t in TABLES}
-
-
-def _check_tables(spark, out: Path, clean_sinks) -> None:
-    for table in TABLES:
-        assert_same_rows(spark, _read(spark, out, table), clean_sinks[table])
-        # An independent reader sees a valid Delta table with the same rows.
-        assert read_delta(str(out / table)).num_rows == len(clean_sinks[table])
-
 
 @pytest.mark.parametrize("stage, point", [
     ("daily", "sink_after_write"),          # append: committed, ledger unaware -> must be skipped
@@ -69,7 +35,7 @@ def test_sink_crash_then_resume_is_exactly_once(spark, sink_job, source_data, cl
     assert crashed.killed, crashed.stdout + crashed.stderr
     result = sink_job.resume(crashed.run_id, root=recover_root, spark=spark, echo=False)
     assert result.status == "succeeded", result.error
-    _check_tables(spark, out, clean_sinks)
+    check_tables(spark, out, clean_sinks)
     sinks = {Path(s["table"]).name: s for s in result.to_json()["sinks"]}
     crashed_table = {"daily": "daily_log", "day_slice": "by_day", "store_totals": "store_totals",
                      "region_totals": "region_totals"}[stage]
@@ -89,7 +55,7 @@ def test_sigkill_during_sink_phase_then_resume(spark, sink_job, source_data, cle
     assert killed.killed, killed.stdout + killed.stderr
     result = sink_job.resume(killed.run_id, root=recover_root, spark=spark, echo=False)
     assert result.status == "succeeded", result.error
-    _check_tables(spark, out, clean_sinks)
+    check_tables(spark, out, clean_sinks)
 
 
 def test_rollback_restores_every_table_and_is_idempotent(spark, sink_job, source_data, recover_root, tmp_path):
@@ -98,7 +64,7 @@ def test_rollback_restores_every_table_and_is_idempotent(spark, sink_job, source
     seeded = spark.createDataFrame([("9", "9", 1.0, 1)], "region string, day string, total double, orders long")
     seeded.write.format("delta").save(str(out / "daily_log"))  # existed before the run
     seeded.write.format("delta").save(str(out / "by_day"))
-    before = {t: _read(spark, out, t).collect() for t in ("daily_log", "by_day")}
+    before = {t: read_table(spark, out, t).collect() for t in ("daily_log", "by_day")}
     run = sink_job.run(params, root=recover_root, spark=spark, echo=False)
     point = run.record.recovery_point
     assert point[str(out / "daily_log")]["version"] == 0 and not point[str(out / "store_totals")]["exists"]
@@ -119,8 +85,8 @@ def test_rollback_restores_every_table_and_is_idempotent(spark, sink_job, source
     assert Path(first["table"]).name in ("daily_log", "by_day")  # a RESTORE, not a removal
     assert first["restore_version"] == deltalake.DeltaTable(first["table"]).version()
     for table in ("daily_log", "by_day"):
-        assert_same_rows(spark, _read(spark, out, table), before[table])
-        assert_same_rows(spark, _read(spark, out, table), _read(spark, out, table, 0).collect())
+        assert_same_rows(spark, read_table(spark, out, table), before[table])
+        assert_same_rows(spark, read_table(spark, out, table), read_table(spark, out, table, 0).collect())
         assert read_delta(str(out / table)).num_rows == 1
     for created in ("store_totals", "region_totals"):
         assert not deltalake.DeltaTable.is_deltatable(str(out / created))  # the run made them: gone
@@ -157,7 +123,7 @@ def test_redo_replays_after_rollback(spark, sink_job, source_data, clean_sinks, 
     assert {s.name: s.reused for s in redone.stages} == {
         "daily": True, "day_slice": True, "store_totals": False, "region_totals": True}
     assert not any(s["skipped_duplicate"] for s in redone.to_json()["sinks"])
-    _check_tables(spark, out, clean_sinks)  # exactly one copy, even in the append table
+    check_tables(spark, out, clean_sinks)  # exactly one copy, even in the append table
 
 
 def test_replace_where_parameter_is_data_never_sql(spark, sink_job, source_data, recover_root, tmp_path):
@@ -165,13 +131,13 @@ def test_replace_where_parameter_is_data_never_sql(spark, sink_job, source_data,
     for day in ("1", "2"):
         sink_job.run({"data": str(source_data), "out": str(out), "day": day}, root=recover_root,
                      spark=spark, echo=False)
-    before = sorted(map(tuple, _read(spark, out, "by_day").collect()))
+    before = sorted(map(tuple, read_table(spark, out, "by_day").collect()))
     assert {r[1] for r in before} == {"1", "2"}
     hostile = "1' OR '1'='1"
     result = sink_job.run({"data": str(source_data), "out": str(out), "day": hostile}, root=recover_root,
                           spark=spark, echo=False)
     assert result.status == "succeeded", result.error
-    assert sorted(map(tuple, _read(spark, out, "by_day").collect())) == before  # nothing deleted
+    assert sorted(map(tuple, read_table(spark, out, "by_day").collect())) == before  # nothing deleted
 
 
 def test_named_point_and_bad_input(spark, sink_job, source_data, recover_root, tmp_path):
@@ -186,7 +152,7 @@ def test_named_point_and_bad_input(spark, sink_job, source_data, recover_root, t
     sink_job.run({**params, "day": "4"}, root=recover_root, spark=spark, echo=False)  # overwrites: v1
     spark_recover.rollback(point="nightly", root=recover_root, spark=spark, echo=False)
     assert deltalake.DeltaTable(table).version() == 2  # the RESTORE commit
-    assert_same_rows(spark, _read(spark, out, "region_totals"), _read(spark, out, "region_totals", 0).collect())
+    assert_same_rows(spark, read_table(spark, out, "region_totals"), read_table(spark, out, "region_totals", 0).collect())
 
     unknown_point = run_cli("rollback", "--point", "nope", "--root", recover_root)
     assert unknown_point.returncode == 2 and "unknown recovery point 'nope'" in unknown_point.stderr
@@ -201,8 +167,7 @@ def test_vacuumed_recovery_point_is_a_clear_error(spark, source_data, recover_ro
     spark.range(10).write.format("delta").save(str(table))
     create_point("old", [str(table)], root=recover_root)
     spark.range(5).write.format("delta").mode("overwrite").save(str(table))
-    with _no_retention_check(spark):
-        spark.sql(f"VACUUM delta.`{table}` RETAIN 0 HOURS")
+    _no_retention_check(spark).sql(f"VACUUM delta.`{table}` RETAIN 0 HOURS")
     vacuumed = deltalake.DeltaTable(str(table)).version()  # VACUUM logs its own commits
     with pytest.raises(RecoveryPointError, match="can no longer be restored"):
         spark_recover.rollback(point="old", root=recover_root, spark=spark, echo=False)
@@ -210,8 +175,8 @@ def test_vacuumed_recovery_point_is_a_clear_error(spark, source_data, recover_ro
 
 
 def _no_retention_check(spark):
-    from spark_recover.sinks import session_confs
-    return session_confs(spark, {"spark.databricks.delta.retentionDurationCheck.enabled": "false"})
+    from spark_recover.sinks import isolated_session
+    return isolated_session(spark, {"spark.databricks.delta.retentionDurationCheck.enabled": "false"})
 
 
 def test_rollback_of_running_run_is_refused(spark, sink_job, source_data, recover_root):

@@ -1,0 +1,193 @@
+"""The publication rule: each sink's data is published at most once per logical run.
+
+A *logical run* is a first run and every resume or redo that replays it. Its
+sink writes are Delta idempotent writes: ``txnAppId`` (one per job, the
+logical run's first parameters, and table) and ``txnVersion`` (a number the
+ledger records before the write). Whatever sequence of crashes, resumes and
+retries happens, the choice of the pair is one pure function of the lineage
+(what its runs planned to publish) and of what Delta says it committed:
+
+* the same data as the lineage's last planned write of that table → the same
+  pair, so Delta skips it if it was committed, and writes it once if not;
+* different data, while the lineage's write is committed → refused (exit 3):
+  ``redo`` rolls back first, then publishes afresh;
+* different data, never committed, or nothing planned yet → a new version,
+  above every version any run ever planned for that ``txnAppId``.
+
+A finished rollback of the logical run undoes its earlier writes: they no
+longer count. Nothing here touches storage or a JVM; :mod:`spark_recover.runner`
+feeds it what the ledger and the tables say.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping, Sequence
+
+from .errors import RefusedError
+from .fingerprint import digest
+from .job import Job, Sink
+from .ledger import RunRecord
+from .storage import Layout, Target, canonical
+
+__all__ = ["SinkTarget", "Prior", "Decision", "app_id", "resolve_sinks", "priors", "data_identity", "decide",
+           "refuse_republish", "recovery_point", "taken_versions"]
+
+
+def app_id(job: str, params_key: str, target: Target) -> str:
+    """The Delta ``txnAppId`` of one job, parameters and table.
+
+    >>> app_id("daily", "ab12", Target.parse("/w/t"))
+    'spark-recover-daily-ab12-960dd5843d03'
+    """
+    return f"spark-recover-{job}-{params_key}-{digest(canonical(target.location), 12)}"
+
+
+@dataclass(frozen=True)
+class SinkTarget:
+    """A sink with its location and predicate filled from the run's parameters."""
+
+    sink: Sink
+    target: Target
+    predicate: str | None
+
+    @property
+    def table(self) -> str:
+        return self.target.location
+
+
+def resolve_sinks(job: Job, params: Mapping[str, Any], layout: Layout) -> list[SinkTarget]:
+    """Fill and check every sink before a run starts (:class:`UsageError`, exit 2, on a problem).
+
+    A missing ``{param}`` in a path or predicate, or a path that holds files
+    which are not a Delta table, stops the run before it writes anything.
+    """
+    from .errors import UsageError
+    from .sinks import fill_predicate
+
+    out = []
+    for sink in job.sinks:
+        target = layout.target(sink.location(params), catalog=sink.table is not None)
+        predicate = fill_predicate(sink.predicate, params) if sink.predicate else None
+        strangers = [] if target.catalog else target.strangers(target.location)
+        if strangers:
+            raise UsageError(f"sink of stage {sink.stage!r} points at a folder that is not a Delta table",
+                             f"expected a Delta table or nothing at {target.location}, found "
+                             f"{', '.join(strangers[:5])}{' ...' if len(strangers) > 5 else ''}; "
+                             "choose another path, or convert it to Delta first", table=target.location)
+        out.append(SinkTarget(sink, target, predicate))
+    return out
+
+
+@dataclass(frozen=True)
+class Prior:
+    """The lineage's last planned write of one table."""
+
+    run_id: str
+    app: str
+    txn_version: int
+    data: tuple | None
+
+
+def data_identity(checkpoint: str | None, version: int | None, predicate: str | None = None) -> tuple | None:
+    """What a sink publishes: the checkpoint table and version it reads, and where (``replace_where``)."""
+    if checkpoint is None or version is None:
+        return None
+    return (canonical(checkpoint), int(version)) + ((predicate,) if predicate else ())
+
+
+def priors(lineage: Sequence[RunRecord]) -> dict[str, Prior]:
+    """Each table's last planned write by a run of the lineage whose writes were not undone.
+
+    >>> priors([])
+    {}
+    """
+    out: dict[str, Prior] = {}
+    for run in lineage:
+        if run.rolled_back:
+            continue
+        for table, entry in run.sinks.items():
+            if entry.get("txn_app_id") is None or entry.get("txn_version") is None:
+                continue
+            out[canonical(table)] = Prior(run.run_id, entry["txn_app_id"], int(entry["txn_version"]),
+                                          data_identity(entry.get("checkpoint"), entry.get("checkpoint_version"),
+                                                        entry.get("predicate")))
+    return out
+
+
+def taken_versions(runs: Iterable[RunRecord], app: str) -> list[int]:
+    """Every transaction version any run planned for ``app``."""
+    return [int(v["txn_version"]) for r in runs for v in r.sinks.values()
+            if v.get("txn_app_id") == app and v.get("txn_version") is not None]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The transaction identifiers of one sink write."""
+
+    app: str
+    txn_version: int
+    repeats: str | None = None  # the run whose planned write this repeats (Delta skips it if committed)
+
+
+def _republish_error(table: str, prior: Prior) -> RefusedError:
+    return RefusedError(
+        f"sink {table} was already published by run {prior.run_id} from other data",
+        "this replay would publish different data for it (a parameter it reads changed, or the stage "
+        f"feeding it was recomputed); publishing twice would duplicate or change rows. Roll back and "
+        f"replay instead: `spark-recover redo {prior.run_id}`", table=table, published_by=prior.run_id)
+
+
+def decide(table: str, data: tuple | None, prior: Prior | None, default_app: str,
+           committed: int | None, taken: Iterable[int]) -> Decision:
+    """Choose ``txnAppId``/``txnVersion`` for writing ``data`` to ``table``.
+
+    ``committed`` is the version Delta holds for ``prior.app`` (or ``default_app``
+    when there is no prior); ``taken`` every version planned for that app.
+
+    >>> p = Prior("A", "app", 3, ("/ck/daily", 7))
+    >>> decide("/t", ("/ck/daily", 7), p, "other", committed=3, taken=[3])
+    Decision(app='app', txn_version=3, repeats='A')
+    >>> decide("/t", ("/ck/daily", 8), p, "other", committed=2, taken=[3]).txn_version
+    4
+    >>> decide("/t", None, None, "app", committed=None, taken=[]).txn_version
+    0
+    """
+    if prior is not None:
+        if data is not None and data == prior.data:
+            return Decision(prior.app, prior.txn_version, repeats=prior.run_id)
+        if committed is not None and committed >= prior.txn_version:
+            raise _republish_error(table, prior)
+    app = prior.app if prior is not None else default_app
+    return Decision(app, max([*taken, committed if committed is not None else -1]) + 1)
+
+
+def refuse_republish(table: str, prior: Prior | None, committed: int | None, recomputed: bool) -> None:
+    """Before a replay computes anything: refuse if it would re-publish ``table`` with other data."""
+    if prior is not None and recomputed and committed is not None and committed >= prior.txn_version:
+        raise _republish_error(table, prior)
+
+
+def recovery_point(lineage: Sequence[RunRecord], tables: Iterable[str],
+                   state_now: Mapping[str, Mapping[str, Any]]) -> tuple[dict[str, Any], str | None]:
+    """The logical run's recovery point, extended to every table this run may write.
+
+    The first point the lineage recorded stays (a replay restores to before the
+    original run); a table it does not cover (a sink added or moved since) gets
+    its state now, before this run writes it. Returns the point and the run it
+    came from.
+
+    >>> recovery_point([], ["/t"], {"/t": {"exists": False}})
+    ({'/t': {'exists': False}}, None)
+    """
+    point: dict[str, Any] = {}
+    source = None
+    for run in lineage:
+        if run.recovery_point is not None:
+            source = source or run.run_id
+            for table, state in run.recovery_point.items():
+                point.setdefault(table, state)
+    for table in tables:
+        if table not in point:
+            point[table] = dict(state_now[table])
+    return point, source
