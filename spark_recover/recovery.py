@@ -240,7 +240,8 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
                 continue
             done = found
         else:
-            spark = _spark(spark, settings)
+            if target_point.get("exists") or target.catalog:  # a RESTORE or a DROP: Spark's work
+                spark = _spark(spark, settings)
             t0 = time.monotonic()
             metrics = _restore(spark, target, target_point, {"rollback_of": journal_id, "attempt": attempt})
             failpoints.hit("rollback", "after_restore")
