@@ -1,7 +1,8 @@
 """The ``spark-recover`` command line.
 
-Exit codes (DESIGN.md): 0 success; 1 the job failed (a stage raised); 2 bad
-usage or bad input; 3 refused (lease held, conflict). The read-only commands
+Exit codes (DESIGN.md): 0 success; 1 the job failed (a stage raised), or a
+drill found lost, duplicated or extra rows; 2 bad usage or bad input; 3
+refused (lease held, conflict). The read-only commands
 (``runs``, ``show``) read the ledger with delta-rs and never start a JVM.
 """
 
@@ -100,6 +101,13 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument("--dry-run", action="store_true", help="say what would be removed, remove nothing")
     gc.add_argument("--json", action="store_true")
     _common(gc)
+    drill = sub.add_parser("drill", help="rehearse recovery: random kills, resumes, a row-by-row check of every sink")
+    drill.add_argument("job_file")
+    drill.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="a run parameter")
+    drill.add_argument("--kills", type=int, default=10, help="how many trials, each with a random SIGKILL (default 10)")
+    drill.add_argument("--seed", type=int, help="seed of the kill moments (a failing trial prints its own)")
+    drill.add_argument("--json", action="store_true")
+    _common(drill)
     runs = sub.add_parser("runs", help="list runs")
     runs.add_argument("--job", help="only runs of this job")
     runs.add_argument("--json", action="store_true")
@@ -214,6 +222,15 @@ def _cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_drill(args: argparse.Namespace) -> int:
+    from .drill import drill, drill_text
+
+    report = drill(args.job_file, parse_params(args.param), kills=args.kills, seed=args.seed,
+                   settings=_settings(args), echo=not args.json)
+    print(json.dumps(report, indent=2) if args.json else "\n" + drill_text(report))
+    return 0 if report["ok"] else 1
+
+
 def _cmd_runs(args: argparse.Namespace) -> int:
     from .report import runs_text
 
@@ -240,7 +257,7 @@ def _cmd_show(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"run": _cmd_run, "resume": _cmd_resume, "redo": _cmd_redo, "rollback": _cmd_rollback,
-             "point": _cmd_point, "gc": _cmd_gc, "runs": _cmd_runs, "show": _cmd_show}
+             "point": _cmd_point, "gc": _cmd_gc, "drill": _cmd_drill, "runs": _cmd_runs, "show": _cmd_show}
 
 
 def _guarded(call, *args: Any) -> int:

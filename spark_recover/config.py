@@ -9,6 +9,7 @@ The TOML file has three tables::
 
     [recover]
     root = ".spark-recover"        # any Hadoop URI: s3a://bucket/recover, hdfs://...
+    # sink_root = "/tmp/scratch"   # (drills) write path sinks under this folder instead
     heartbeat_seconds = 10
     dead_after_seconds = 60
 
@@ -47,6 +48,7 @@ class Settings:
     dead_after_seconds: float = 60.0
     spark: Mapping[str, str] = dataclasses.field(default_factory=dict)
     storage_options: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    sink_root: str | None = None  # a drill's scratch area: path sinks are redirected under it
     verbose: bool = False
     conf_file: str | None = None
 
@@ -54,7 +56,8 @@ class Settings:
         return dataclasses.replace(self, **changes)
 
 
-_RECOVER_KEYS = {"root": str, "heartbeat_seconds": (int, float), "dead_after_seconds": (int, float)}
+_RECOVER_KEYS = {"root": str, "heartbeat_seconds": (int, float), "dead_after_seconds": (int, float),
+                 "sink_root": str}
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -84,7 +87,7 @@ def _from_toml(data: dict[str, Any], path: Path) -> dict[str, Any]:
         if not isinstance(value, _RECOVER_KEYS[key]) or isinstance(value, bool):
             raise UsageError("setting has the wrong type",
                              f"{path}: [recover] {key} = {value!r}", path=str(path), key=key)
-        out[key] = float(value) if key != "root" else value
+        out[key] = value if isinstance(value, str) else float(value)
     for table in ("spark", "storage_options"):
         section = data.get(table, {})
         if not isinstance(section, dict):
@@ -120,5 +123,7 @@ def load_settings(conf_file: str | os.PathLike[str] | None = None, root: str | N
     env_root = os.environ.get("SPARK_RECOVER_ROOT")
     if root or env_root:
         values["root"] = root or env_root
+    if os.environ.get("SPARK_RECOVER_SINK_ROOT"):
+        values["sink_root"] = os.environ["SPARK_RECOVER_SINK_ROOT"]
     values["verbose"] = verbose
     return Settings(**values)

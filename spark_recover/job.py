@@ -323,6 +323,23 @@ class Job:
         from .recovery import redo
         return redo(self, run_id, **options)
 
+    def drill(self, params: Mapping[str, Any] | None = None, **options: Any) -> dict[str, Any]:
+        """Rehearse recovery of this job: random SIGKILLs of real driver processes, then a row-by-row check.
+
+        Options: ``kills`` (default 10), ``seed``, ``root``, ``settings``, ``echo``.
+        Returns the report; ``report["ok"]`` is the verdict.
+
+        >>> job.drill({"day": "2026-11-23"}, kills=5, seed=7)["ok"]   # doctest: +SKIP
+        True
+        """
+        from .drill import drill
+        from .errors import UsageError
+
+        if not self.file:
+            raise UsageError(f"job {self.name!r} has no job file", "a drill starts the job file as a driver "
+                             "process: define the job in a .py file (or load it with load_job)")
+        return drill(self.file, {k: str(v) for k, v in (params or {}).items()}, **options)
+
     def main(self, argv: Sequence[str] | None = None) -> None:
         """The ``spark-recover run`` CLI for this job file (works under spark-submit)."""
         from .cli import job_main

@@ -30,7 +30,7 @@ from .job import Job, Sink
 from .ledger import RunRecord
 from .storage import Layout, Target, canonical
 
-__all__ = ["SinkTarget", "Prior", "Decision", "app_id", "resolve_sinks", "priors", "data_identity", "decide",
+__all__ = ["SinkTarget", "Prior", "Decision", "app_id", "redirected", "resolve_sinks", "priors", "data_identity", "decide",
            "refuse_republish", "recovery_point", "taken_versions"]
 
 
@@ -56,18 +56,37 @@ class SinkTarget:
         return self.target.location
 
 
-def resolve_sinks(job: Job, params: Mapping[str, Any], layout: Layout) -> list[SinkTarget]:
+def redirected(sink_root: str, location: str) -> str:
+    """Where a drill writes the sink table at ``location``: a folder of its own under ``sink_root``.
+
+    >>> redirected("/tmp/drill/sinks", "/w/daily")
+    '/tmp/drill/sinks/daily-bdc583d9'
+    """
+    name = canonical(location).rstrip("/").rsplit("/", 1)[-1]
+    return f"{sink_root.rstrip('/')}/{name}-{digest(canonical(location), 8)}"
+
+
+def resolve_sinks(job: Job, params: Mapping[str, Any], layout: Layout,
+                  sink_root: str | None = None) -> list[SinkTarget]:
     """Fill and check every sink before a run starts (:class:`UsageError`, exit 2, on a problem).
 
     A missing ``{param}`` in a path or predicate, or a path that holds files
-    which are not a Delta table, stops the run before it writes anything.
+    which are not a Delta table, stops the run before it writes anything. With
+    ``sink_root`` (a drill), path sinks are written under it instead.
     """
     from .errors import UsageError
     from .sinks import fill_predicate
 
     out = []
     for sink in job.sinks:
-        target = layout.target(sink.location(params), catalog=sink.table is not None)
+        location = sink.location(params)
+        if sink_root is not None:
+            if sink.table is not None:
+                raise UsageError(f"sink of stage {sink.stage!r} is catalog table {location!r}",
+                                 "a drill redirects sinks to its scratch area by path; give the sink a path "
+                                 "to drill it", table=location)
+            location = redirected(sink_root, location)
+        target = layout.target(location, catalog=sink.table is not None)
         predicate = fill_predicate(sink.predicate, params) if sink.predicate else None
         strangers = [] if target.catalog else target.strangers(target.location)
         if strangers:

@@ -199,7 +199,7 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
         raise UsageError(f"job {job.name!r} has no stages", "expected at least one @job.stage")
     failpoints.check(stage_names)
     job.downstream(list(rerun))  # validates the names
-    targets = publication.resolve_sinks(job, ctx.params, ctx.layout)
+    targets = publication.resolve_sinks(job, ctx.params, ctx.layout, ctx.settings.sink_root)
     lineage = _check_replayable(ctx, resume_from) if resume_from is not None else []
 
     ctx.claim = lease.claim(ctx.ledger, job.name, ctx.params_key, ctx.run_id, {

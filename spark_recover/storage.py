@@ -164,6 +164,15 @@ class Storage:
     def delete_tree(self, location: str) -> None:
         delete_tree(location, self.storage_options)
 
+    def copy_tree(self, source: str, destination: str) -> None:
+        """Copy a folder (a Delta table, whole) to ``destination``."""
+        import pyarrow.fs as pafs
+
+        fs, src = self.filesystem(source)
+        _, dst = self.filesystem(destination)
+        fs.create_dir(dst, recursive=True)
+        pafs.copy_files(src, dst, source_filesystem=fs, destination_filesystem=fs)
+
     def strangers(self, location: str) -> list[str]:
         """What a Delta table's folder holds that is not the table's (nor a crashed writer's).
 

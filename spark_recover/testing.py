@@ -35,7 +35,7 @@ from .failpoints import ENV as FAILPOINT_ENV
 from .ledger import Ledger, RunRecord
 from .storage import Layout
 
-__all__ = ["spark", "recover_root", "TEST_SPARK_CONFS", "CHILD_JAVA_OPTIONS", "ProcessResult", "run_cli",
+__all__ = ["spark", "recover_root", "assert_recovers", "TEST_SPARK_CONFS", "CHILD_JAVA_OPTIONS", "ProcessResult", "run_cli",
            "run_args", "job_env", "crash_at", "kill_during", "runs_of"]
 
 #: Spark confs of the test session and of the job processes the helpers start.
@@ -190,3 +190,39 @@ def kill_during(job_file: str, *, root: str, params: Mapping[str, str] | None = 
     return ProcessResult(proc.returncode, out, err, run.run_id if run else _run_id(out))
 
 
+
+
+def assert_recovers(job_file: str, params: Mapping[str, str] | None = None, *, kills: int = 3, seed: int = 0,
+                    root: str | None = None, spark=None) -> dict:
+    """Drill ``job_file`` from a test: ``kills`` random SIGKILLs, recovery, every sink row by row.
+
+    Each kill hits a real driver process; the recoveries run in this test's
+    session (``spark``, else the active one), so a trial costs seconds. Fails
+    the test with the drill's report unless no row was lost, duplicated or
+    extra. Returns the report.
+
+    >>> assert_recovers("jobs/my_job.py", {"day": "2026-11-23"}, kills=3, seed=1)   # doctest: +SKIP
+    """
+    from .config import load_settings
+    from .drill import drill, drill_text
+    from .errors import RecoverError
+    from .job import load_job
+    from .runner import replay_choice, run_job
+
+    job = load_job(str(job_file))
+    values = {k: str(v) for k, v in (params or {}).items()}
+
+    def recover(settings) -> int:  # `spark-recover run JOB --resume`, in this process
+        try:
+            origin, why = replay_choice(Ledger(Layout.at(settings.root, settings.storage_options)), job, values)
+            if why.startswith("done:"):
+                return 0
+            result = run_job(job, values, settings=settings, resume_from=origin, spark=spark, echo=False)
+            return 0 if result.ok else 1
+        except RecoverError as exc:
+            return exc.exit_code
+
+    report = drill(str(job_file), values, kills=kills, seed=seed, settings=load_settings(root=root),
+                   recover=recover, env=job_env(), echo=False)
+    assert report["ok"], "\n" + drill_text(report)
+    return report
