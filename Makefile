@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test setup bench clean
+.PHONY: demo test soak setup bench clean
 
 setup: $(STAMP)
 
@@ -22,9 +22,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# A drill of the four-sink test job with real `run --resume` recoveries (CI: 20 kills).
+KILLS ?= 20
+soak: $(STAMP)
+	$(BIN)/python tests/soak.py --kills $(KILLS)
+
 bench: $(STAMP)
 	$(BIN)/python -m bench.overhead
 	$(BIN)/python -m bench.rollback
+	$(BIN)/python -m bench.lease_race --trials 20
 
 clean:
 	rm -rf $(VENV) .spark-recover demo-data
