@@ -31,7 +31,7 @@ from .ledger import RunRecord
 from .storage import Layout, Target, canonical
 
 __all__ = ["SinkTarget", "Prior", "Decision", "app_id", "redirected", "resolve_sinks", "priors", "data_identity", "decide",
-           "refuse_republish", "recovery_point", "taken_versions"]
+           "recovery_point", "taken_versions"]
 
 
 def app_id(job: str, params_key: str, target: Target) -> str:
@@ -179,12 +179,6 @@ def decide(table: str, data: tuple | None, prior: Prior | None, default_app: str
             raise _republish_error(table, prior)
     app = prior.app if prior is not None else default_app
     return Decision(app, max([*taken, committed if committed is not None else -1]) + 1)
-
-
-def refuse_republish(table: str, prior: Prior | None, committed: int | None, recomputed: bool) -> None:
-    """Before a replay computes anything: refuse if it would re-publish ``table`` with other data."""
-    if prior is not None and recomputed and committed is not None and committed >= prior.txn_version:
-        raise _republish_error(table, prior)
 
 
 def recovery_point(lineage: Sequence[RunRecord], tables: Iterable[str],
