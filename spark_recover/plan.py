@@ -9,13 +9,13 @@ recomputed forces its downstream to recompute. Each decision carries its reason.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Collection, Mapping
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 from .fingerprint import code_parts, explain_change, library_versions, stage_fingerprint
 from .job import Job, Stage
 from .ledger import RunRecord, StageRecord
 
-__all__ = ["StagePlan", "plan_run"]
+__all__ = ["StagePlan", "plan_run", "origin_stage"]
 
 
 @dataclass
@@ -46,13 +46,31 @@ def _parts(stage: Stage, job_file: str | None, params: Mapping[str, Any], pins: 
     }
 
 
+def origin_stage(chain: Sequence[RunRecord], name: str) -> tuple[RunRecord, StageRecord | None]:
+    """The record of stage ``name`` a replay builds on, and the run it comes from.
+
+    ``chain`` is the origin, then its own origin, and so on. A replay that died
+    before it reached a stage (no record of starting it) passes that stage's
+    record on from its own origin: a resume of a resume that was killed early
+    must not lose what the first run computed. A stage the replay started
+    (running, failed, or decided to recompute) stops the walk.
+    """
+    for run in chain:
+        record = run.stages.get(name)
+        if record is not None and record.status != "pending":
+            return run, record
+    return chain[0], chain[0].stages.get(name)
+
+
 def plan_run(job: Job, params: Mapping[str, Any], pins: Mapping[str, Any],
              origin: RunRecord | None = None, rerun: Collection[str] = (),
-             verify: Callable[[StageRecord], str | None] = lambda _: None) -> list[StagePlan]:
+             verify: Callable[[StageRecord], str | None] = lambda _: None,
+             ancestors: Sequence[RunRecord] = ()) -> list[StagePlan]:
     """Plan every stage of ``job``; with an ``origin`` run, decide what to reuse.
 
     ``verify`` checks a candidate checkpoint and returns what is wrong with it
     (it is called only for stages that would otherwise be reused).
+    ``ancestors`` are the origin's own origins, nearest first (see :func:`origin_stage`).
     """
     forced = job.downstream(list(rerun)) if rerun else set()
     fingerprints: dict[str, str] = {}
@@ -65,14 +83,15 @@ def plan_run(job: Job, params: Mapping[str, Any], pins: Mapping[str, Any],
         plans.append(plan)
         if origin is None:
             continue
-        before = plan.origin = origin.stages.get(stage.name)
+        source, before = origin_stage([origin, *ancestors], stage.name)
+        plan.origin = before
         recomputed_inputs = [i for i in stage.inputs if i in fingerprints and i not in reused]
         if stage.name in forced:
             plan.reason = ("forced by --rerun" if stage.name in rerun else
                            f"upstream of it was forced by --rerun {', '.join(rerun)}")
         elif before is None or before.status != "succeeded":
             state = "failed" if before is not None and before.status == "failed" else "did not complete"
-            plan.reason = f"it {state} in run {origin.run_id}"
+            plan.reason = f"it {state} in run {source.run_id}"
             if before is not None and before.fingerprint not in (None, plan.fingerprint):
                 plan.reason += f"; since then {explain_change(before.parts, parts)}"
         elif before.fingerprint != plan.fingerprint:

@@ -217,8 +217,9 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
             from .session import get_spark
             spark = get_spark(ctx.settings)
         started = time.monotonic()  # the run's clock excludes starting the JVM
-        pins = _pin_sources(ctx, spark, resume_from, refresh_sources)
-        plans = plan_run(job, ctx.params, pins, origin=resume_from, rerun=rerun,
+        chain = _origin_chain(resume_from, lineage)
+        pins = _pin_sources(ctx, spark, chain, refresh_sources)
+        plans = plan_run(job, ctx.params, pins, origin=resume_from, rerun=rerun, ancestors=chain[1:],
                          verify=lambda rec: checkpoint.verify(rec.checkpoint, rec.version, ctx.layout))
         _check_publication(ctx, spark, targets, plans, lineage)
         _execute(ctx, spark, plans, pins)
@@ -259,14 +260,24 @@ def _recovery_metrics(ctx: RunContext, plans: list[StagePlan], total: float) -> 
             "recomputed_stages": sum(1 for p in plans if not p.reuse)}
 
 
-def _pin_sources(ctx: RunContext, spark, origin: RunRecord | None, refresh: bool) -> dict[str, Any]:
+def _origin_chain(origin: RunRecord | None, lineage: list[RunRecord]) -> list[RunRecord]:
+    """The origin, its origin, and so on (what a replay may build on), nearest first."""
+    by_id = {r.run_id: r for r in lineage}
+    chain = [by_id.get(origin.run_id, origin)] if origin is not None else []
+    while chain and chain[-1].origin_run_id in by_id and by_id[chain[-1].origin_run_id] not in chain:
+        chain.append(by_id[chain[-1].origin_run_id])
+    return chain
+
+
+def _pin_sources(ctx: RunContext, spark, chain: list[RunRecord], refresh: bool) -> dict[str, Any]:
     """Pin every source a stage reads, and record the pins."""
     pins: dict[str, Any] = {}
     read = {i for s in ctx.job.stages for i in s.inputs}
     for src in ctx.job.sources:
         if src.name not in read:
             continue
-        old = origin.sources.get(src.name) if origin else None
+        # A replay killed before it pinned its sources passes its origin's pins on.
+        old = next((r.sources[src.name] for r in chain if src.name in r.sources), None)
         # A replay reads Delta sources at the versions its origin pinned (same input);
         # files-based sources are re-listed so a change is seen, and a source whose
         # location changed with a parameter override is pinned afresh.

@@ -244,3 +244,18 @@ def test_docstring_examples_hold(module):
 
     result = doctest.testmod(importlib.import_module(f"spark_recover.{module}"))
     assert result.failed == 0
+
+
+def test_a_replay_killed_early_passes_its_origins_checkpoints_on():
+    from spark_recover.ledger import RunRecord, StageRecord
+    from spark_recover.plan import origin_stage
+
+    first = RunRecord("A", "j", stages={"s": StageRecord("s", status="succeeded", version=4),
+                                        "t": StageRecord("t", status="failed")})
+    # B resumed A and was killed before it logged anything about s; it started t again.
+    second = RunRecord("B", "j", origin_run_id="A", stages={"s": StageRecord("s"),
+                                                             "t": StageRecord("t", status="running")})
+    run, record = origin_stage([second, first], "s")
+    assert (run.run_id, record.status, record.version) == ("A", "succeeded", 4)
+    run, record = origin_stage([second, first], "t")
+    assert (run.run_id, record.status) == ("B", "running")  # B chose to recompute it: no going back
