@@ -22,9 +22,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# A drill of the four-sink test job with real `run --resume` recoveries (CI: 20 kills).
+# The damaged-state drill test, then a drill of the four-sink test job with real
+# `run --resume` recoveries and killed rollbacks (CI: 20 kills).
 KILLS ?= 20
 soak: $(STAMP)
+	$(BIN)/python -m pytest -m soak
 	$(BIN)/python tests/soak.py --kills $(KILLS)
 
 bench: $(STAMP)

@@ -18,7 +18,7 @@ from typing import Any, Mapping
 from .errors import CheckpointError
 from .storage import Storage, spark_uri
 
-__all__ = ["Written", "write", "read", "verify"]
+__all__ = ["Written", "place", "write", "read", "verify"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,38 @@ class Written:
 def _int(metrics: Mapping[str, Any], key: str) -> int | None:
     value = (metrics or {}).get(key)
     return int(value) if value is not None else None
+
+
+def place(location: str, run_id: str, layout: Storage) -> tuple[str, str | None]:
+    """Where a stage's new checkpoint goes, and why, when not in its usual table.
+
+    A table whose Delta log no longer loads (a commit file deleted or torn by
+    hand or by a store without atomic writes) cannot take a commit: no writer
+    can read its state. The checkpoint then goes to a fresh table beside it,
+    named after the run, and the damaged one is left as it is for inspection.
+
+    >>> place("/r/checkpoints/job/k/cleaned", "20261125-ab12", layout)   # doctest: +SKIP
+    ('/r/checkpoints/job/k/cleaned', None)
+    """
+    import deltalake
+
+    try:
+        layout.delta(location)
+        return location, None
+    except deltalake.exceptions.TableNotFoundError as exc:
+        if not layout.entries(f"{location}/_delta_log"):  # absent, or never committed: a write creates it
+            return location, None
+        problem = exc
+    except Exception as exc:
+        problem = exc
+    fresh = f"{location}.{run_id}"
+    return fresh, f"its checkpoint table {location} does not load ({_first(problem)}); writing a fresh table {fresh}"
+
+
+def _first(exc: BaseException) -> str:
+    """An error's name and first line (delta-rs appends a multi-line backtrace)."""
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 def write(df, location: str, metadata: Mapping[str, Any], layout: Storage) -> Written:
@@ -80,7 +112,7 @@ def verify(location: str, version: int, layout: Storage) -> str | None:
     try:
         table = layout.delta(location, version=int(version))
     except Exception as exc:  # table gone, or the version's log files were cleaned up
-        return f"version {version} of the checkpoint table cannot be loaded ({type(exc).__name__}: {exc})"
+        return f"version {version} of the checkpoint table cannot be loaded ({_first(exc)})"
     adds = pa.table(table.get_add_actions(flatten=True))
     expected = {urllib.parse.unquote(p): s for p, s in
                 zip(adds.column("path").to_pylist(), adds.column("size_bytes").to_pylist())}

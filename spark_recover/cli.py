@@ -106,6 +106,11 @@ def _parser() -> argparse.ArgumentParser:
     drill.add_argument("-p", "--param", action="append", metavar="KEY=VALUE", help="a run parameter")
     drill.add_argument("--kills", type=int, default=10, help="how many trials, each with a random SIGKILL (default 10)")
     drill.add_argument("--seed", type=int, help="seed of the kill moments (a failing trial prints its own)")
+    drill.add_argument("--with-rollback", action="store_true",
+                       help="then roll each trial's run back, killing most rollbacks midway and rerunning them")
+    drill.add_argument("--damage", action="store_true",
+                       help="also damage state (checkpoint files and logs, the ledger, a vacuumed recovery "
+                       "point) and check each is recomputed or refused plainly (--kills 0: only this)")
     drill.add_argument("--json", action="store_true")
     _common(drill)
     runs = sub.add_parser("runs", help="list runs")
@@ -226,7 +231,8 @@ def _cmd_drill(args: argparse.Namespace) -> int:
     from .drill import drill, drill_text
 
     report = drill(args.job_file, parse_params(args.param), kills=args.kills, seed=args.seed,
-                   settings=_settings(args), echo=not args.json)
+                   with_rollback=args.with_rollback, damage=args.damage, settings=_settings(args),
+                   echo=not args.json)
     print(json.dumps(report, indent=2) if args.json else "\n" + drill_text(report))
     return 0 if report["ok"] else 1
 

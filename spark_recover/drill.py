@@ -58,11 +58,17 @@ class Trial:
     missing: int = 0
     extra: int = 0
     retry_wrote: bool = False  # the scheduler's retry after success changed a sink
+    rollback_kill_at: float | None = None  # --with-rollback: when the first rollback was killed
+    rollback_hit: str | None = None  # what the killed rollback's journal held
+    rollback_attempts: int = 0
+    rollback_seconds: float | None = None
+    rollback_wrong_rows: int = 0  # rows that differ from the recovery point after the rollback
     error: str | None = None
 
     @property
     def ok(self) -> bool:
-        return self.error is None and not (self.duplicates or self.missing or self.extra or self.retry_wrote)
+        return self.error is None and not (self.duplicates or self.missing or self.extra or self.retry_wrote
+                                           or self.rollback_wrong_rows)
 
 
 def _freeze(value: Any) -> Any:
@@ -95,7 +101,7 @@ def _hit(record: RunRecord | None, names: Mapping[str, str]) -> str:
     return f"after stage {done[-1]}" if done else "start-up (before the first stage)"
 
 
-class _Drill:
+class Scratch:
     """The scratch area, the driver processes, and the comparisons of one drill."""
 
     def __init__(self, job_file: str, job: Job, params: Mapping[str, str], settings: Settings,
@@ -113,10 +119,14 @@ class _Drill:
         self.env = {**os.environ, **(env or {}), "SPARK_RECOVER_SINK_ROOT": self.sink_root}
         self.env.pop(FAILPOINT_ENV, None)
         self.initial = {}
+        self.initial_state: tuple[dict[str, Counter], dict[str, bool]] = ({}, {})  # set after the first reset
         for table, scratch in self.tables.items():  # the sink tables' current state, copied once
             if self.store.is_delta(table):
                 self.initial[scratch] = f"{self.base}/initial/{scratch.rsplit('/', 1)[-1]}"
                 self.store.copy_tree(table, self.initial[scratch])
+
+    def exists(self) -> dict[str, bool]:
+        return {table: self.store.is_delta(scratch) for table, scratch in self.tables.items()}
 
     def reset(self) -> None:
         """Every scratch sink table back to the copy of the real one."""
@@ -125,15 +135,20 @@ class _Drill:
         for scratch, copy in self.initial.items():
             self.store.copy_tree(copy, scratch)
 
-    def start(self, root: str, resume: bool) -> subprocess.Popen:
-        command = [sys.executable, "-m", "spark_recover", "run", self.job_file, "--root", root]
+    def start(self, root: str, resume: bool, env: Mapping[str, str] | None = None) -> subprocess.Popen:
+        """``spark-recover run JOB --root ROOT [--resume]`` as a driver process of its own."""
+        args = ["run", self.job_file, "--root", root]
         for key, value in self.params.items():
-            command += ["-p", f"{key}={value}"]
+            args += ["-p", f"{key}={value}"]
+        return self.start_command(args + (["--resume"] if resume else []), env)
+
+    def start_command(self, args: list[str], env: Mapping[str, str] | None = None) -> subprocess.Popen:
+        """A ``spark-recover`` command as a process group of its own (so a kill takes its JVM too)."""
+        command = [sys.executable, "-m", "spark_recover", *args]
         if self.settings.conf_file:
             command += ["--conf", self.settings.conf_file]
-        command += ["--resume"] if resume else []
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=self.env, start_new_session=True)
+                                env={**self.env, **(env or {})}, start_new_session=True)
 
     @staticmethod
     def finish(proc: subprocess.Popen, kill_at: float | None = None, started: float = 0.0) -> tuple[int, str, bool]:
@@ -160,7 +175,7 @@ class _Drill:
         return Ledger(Layout.at(root, self.settings.storage_options)).runs(self.job.name)
 
 
-def _difference(got: Mapping[str, Counter], want: Mapping[str, Counter]) -> tuple[int, int, int]:
+def difference(got: Mapping[str, Counter], want: Mapping[str, Counter]) -> tuple[int, int, int]:
     dup = miss = extra = 0
     for table, rows in want.items():
         have = got.get(table, Counter())
@@ -171,10 +186,17 @@ def _difference(got: Mapping[str, Counter], want: Mapping[str, Counter]) -> tupl
 
 
 def drill(job_file: str, params: Mapping[str, str] | None = None, *, kills: int = 10, seed: int | None = None,
-          root: str | None = None, settings: Settings | None = None,
-          recover: Callable[[Settings], int] | None = None, env: Mapping[str, str] | None = None,
-          echo: bool = True) -> dict[str, Any]:
+          with_rollback: bool = False, damage: bool = False, root: str | None = None,
+          settings: Settings | None = None, recover: Callable[[Settings], int] | None = None,
+          env: Mapping[str, str] | None = None, echo: bool = True) -> dict[str, Any]:
     """Rehearse recovery of ``job_file``: ``kills`` random SIGKILLs, recovery, a row-by-row check.
+
+    ``with_rollback``: each trial then rolls its run back (the first rollback
+    is timed; later ones are killed at a random moment within that time in
+    most trials and finished by running ``rollback`` again) and checks every
+    sink table equals the recovery point. ``damage``: the damaged-state cases
+    of :mod:`spark_recover.damage` run after the clean run (``kills`` may then
+    be 0).
 
     ``recover(settings)`` replaces the ``run --resume`` driver process of a
     recovery that is not killed (the pytest helper recovers in its own warm
@@ -188,16 +210,19 @@ def drill(job_file: str, params: Mapping[str, str] | None = None, *, kills: int 
     (True, 21.4)
     """
     say = (lambda line: print(line, flush=True)) if echo else (lambda line: None)
-    if kills < 1:
-        raise UsageError("bad --kills", f"expected a number of kills >= 1, found {kills}")
+    if kills < (0 if damage else 1):
+        raise UsageError("bad --kills", f"expected a number of kills >= 1 (or 0 with --damage), found {kills}")
+    if with_rollback and kills < 1:
+        raise UsageError("bad --kills", "--with-rollback rolls back the trials' runs: expected --kills >= 1")
     settings = settings or load_settings(root=root)
     seed = _random_seed() if seed is None else int(seed)
     job = load_job(job_file)
     params = dict(params or {})
-    area = _Drill(job_file, job, params, settings, env, say)
+    area = Scratch(job_file, job, params, settings, env, say)
     say(f"drill of job {job.name} ({kills} kills, seed {seed}); sinks redirected to {area.sink_root}")
 
     area.reset()
+    area.initial_state = (area.contents(), area.exists())
     started = time.monotonic()
     code, err, _ = area.finish(area.start(f"{area.base}/clean", resume=False))
     clean_seconds = time.monotonic() - started
@@ -211,31 +236,70 @@ def drill(job_file: str, params: Mapping[str, str] | None = None, *, kills: int 
     say(f"clean run: {clean_seconds:.1f}s as a fresh driver process; "
         f"{sum(len(c) for c in reference.values()):,} sink rows in {len(reference)} table(s)")
 
-    trials = []
+    cases = []
+    if damage:
+        from .damage import run_cases
+
+        say("damaged state: each case on a copy of a crashed run's state, then the operator's next command")
+        cases = run_cases(area, list(clean_run.stages), reference, say)
+
+    trials: list[Trial] = []
+    rollback_budget = None  # seconds: the first rollback is timed, later ones killed within that time
     for number in range(1, kills + 1):
-        trials.append(_trial(area, number, seed + number - 1, clean_seconds, reference, recover))
-        t = trials[-1]
+        t = _trial(area, number, seed + number - 1, clean_seconds, reference, recover)
+        if with_rollback and t.error is None:
+            _rollback(area, t, rollback_budget)
+            rollback_budget = rollback_budget or t.rollback_seconds
+        trials.append(t)
         say(f"  trial {number}: kill at {_num(t.kill_at)}s in {t.hit}; {t.resumes} resume(s), "
             f"{t.recovery_seconds:.1f}s; duplicates {t.duplicates}, missing {t.missing}, extra {t.extra}"
+            + (f"; rollback killed at {_num(t.rollback_kill_at)}s ({t.rollback_hit}), {t.rollback_attempts} attempt(s), "
+               f"{t.rollback_wrong_rows} row(s) off the recovery point" if t.rollback_attempts else "")
             + (f"; {t.error}" if t.error else "") + ("" if t.ok else "  <- FAILED"))
-    recovery = [t.recovery_seconds for t in trials]
     failing = [t for t in trials if not t.ok]
-    summary = {
+    broken = [c for c in cases if not c.ok]
+    summary = _summary(trials, computed, worst)
+    if damage:
+        summary["damage_cases"] = len(cases)
+        summary["damage_failed"] = len(broken)
+    if failing:
+        verdict = f"FAIL: trial {failing[0].number} (reproduce with --seed {failing[0].seed} --kills 1)"
+    elif broken:
+        verdict = f"FAIL: damaged state {broken[0].name}: {broken[0].error}"
+    else:
+        verdict = "PASS: " + ", ".join(
+            (["every trial recovered with no row lost, duplicated or extra"] if trials else [])
+            + (["every rollback matched its recovery point"] if with_rollback else [])
+            + (["every damaged state was recomputed or refused plainly"] if damage else []))
+    report = {"job": job.name, "job_file": job_file, "params": params, "seed": seed,
+              "ok": not failing and not broken, "verdict": verdict,
+              "failing_seed": failing[0].seed if failing else None,
+              "clean_seconds": round(clean_seconds, 3), "drill_root": area.base,
+              "sinks_redirected": area.tables, "summary": summary, "trials": [asdict(t) for t in trials],
+              "damage": [{**asdict(c), "ok": c.ok} for c in cases]}
+    return report
+
+
+def _summary(trials: list[Trial], computed: Mapping[str, float], worst: str) -> dict[str, Any]:
+    summary: dict[str, Any] = {
         "trials": len(trials), "kills": sum(t.kill_at is not None for t in trials),
         "second_kills": sum(t.second_kill for t in trials), "resumes": sum(t.resumes for t in trials),
         "duplicated_rows": sum(t.duplicates for t in trials), "missing_rows": sum(t.missing for t in trials),
         "extra_rows": sum(t.extra for t in trials),
-        "median_recovery_seconds": round(statistics.median(recovery), 3),
-        "max_recovery_seconds": round(max(recovery), 3),
         "rpo_seconds": round(computed[worst], 3), "rpo_stage": worst,
     }
-    verdict = ("PASS: every trial recovered with no row lost, duplicated or extra" if not failing else
-               f"FAIL: trial {failing[0].number} (reproduce with --seed {failing[0].seed} --kills 1)")
-    report = {"job": job.name, "job_file": job_file, "params": params, "seed": seed, "ok": not failing,
-              "verdict": verdict, "failing_seed": failing[0].seed if failing else None,
-              "clean_seconds": round(clean_seconds, 3), "drill_root": area.base,
-              "sinks_redirected": area.tables, "summary": summary, "trials": [asdict(t) for t in trials]}
-    return report
+    recovery = [t.recovery_seconds for t in trials]
+    if recovery:
+        summary["median_recovery_seconds"] = round(statistics.median(recovery), 3)
+        summary["max_recovery_seconds"] = round(max(recovery), 3)
+    rollbacks = [t for t in trials if t.rollback_attempts]
+    if rollbacks:
+        seconds = [t.rollback_seconds or 0.0 for t in rollbacks]
+        summary.update(rollbacks=len(rollbacks), rollback_kills=sum(t.rollback_kill_at is not None for t in rollbacks),
+                       rollback_wrong_rows=sum(t.rollback_wrong_rows for t in rollbacks),
+                       median_rollback_seconds=round(statistics.median(seconds), 3),
+                       max_rollback_seconds=round(max(seconds), 3))
+    return summary
 
 
 def _random_seed() -> int:
@@ -248,7 +312,7 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def _trial(area: _Drill, number: int, seed: int, clean_seconds: float, reference: Mapping[str, Counter],
+def _trial(area: Scratch, number: int, seed: int, clean_seconds: float, reference: Mapping[str, Counter],
            recover: Callable[[Settings], int] | None) -> Trial:
     rng = random.Random(seed)
     root = f"{area.base}/trial-{number}"
@@ -291,8 +355,46 @@ def _trial(area: _Drill, number: int, seed: int, clean_seconds: float, reference
     trial.retry_wrote = after != before
     if code != 0:
         trial.error = f"the retry after success exited {code}: {err.strip()[-300:]}"
-    trial.duplicates, trial.missing, trial.extra = _difference(after, reference)
+    trial.duplicates, trial.missing, trial.extra = difference(after, reference)
     return trial
+
+
+ROLLBACK_KILL_SHARE = 0.7  # --with-rollback: the share of rollbacks (after the timed first) killed midway
+
+
+def _rollback(area: Scratch, trial: Trial, budget: float | None) -> None:
+    """Roll the trial's logical run back, killed midway in most trials; rerun it until it finishes."""
+    rng = random.Random(trial.seed * 7919 + 1)
+    root = f"{area.base}/trial-{trial.number}"
+    run_id = area.runs(root)[-1].run_id
+    kill = budget is not None and rng.random() < ROLLBACK_KILL_SHARE
+    seconds = 0.0
+    while True:
+        trial.rollback_attempts += 1
+        if trial.rollback_attempts > _MAX_RECOVERIES:
+            trial.error = f"rollback not finished after {_MAX_RECOVERIES} attempts"
+            return
+        kill_at = rng.uniform(0.0, budget) if kill and trial.rollback_attempts == 1 else None
+        t0 = time.monotonic()
+        code, err, killed = area.finish(area.start_command(["rollback", run_id, "--root", root]), kill_at, t0)
+        seconds += time.monotonic() - t0
+        if killed:
+            trial.rollback_kill_at = round(kill_at, 3)
+            journal = next(r for r in area.runs(root) if r.run_id == run_id).rollback
+            trial.rollback_hit = ("before its journal started" if journal is None else
+                                  "after it finished" if journal.get("finished") else
+                                  f"{len(journal['restored'])} of {len(journal['targets'])} table(s) restored")
+            continue
+        if code != 0:
+            trial.error = f"rollback exited {code}: {err.strip()[-300:]}"
+            return
+        break
+    trial.rollback_seconds = round(seconds, 3)
+    rows, exists = area.initial_state
+    trial.rollback_wrong_rows = sum(difference(area.contents(), rows))
+    wrong = sorted(t for t, e in area.exists().items() if e != exists[t])
+    if wrong:
+        trial.error = f"after the rollback, table(s) {wrong} exist where the recovery point had them absent, or back"
 
 
 def drill_text(report: Mapping[str, Any]) -> str:
@@ -307,15 +409,33 @@ def drill_text(report: Mapping[str, Any]) -> str:
     lines = [
         f"drill of job {report['job']} (seed {report['seed']}): sinks redirected under {report['drill_root']}/sinks,"
         " your tables were not touched",
-        "",
-        table(["trial", "seed", "kill at (s)", "hit", "resumes", "recovery (s)", "R", "duplicated", "missing",
-               "extra", "outcome"], rows),
-        "",
-        f"trials {s['trials']}, kills {s['kills']} (+{s['second_kills']} during a recovery), resumes {s['resumes']}",
-        f"rows duplicated {s['duplicated_rows']}, missing {s['missing_rows']}, extra {s['extra_rows']}",
-        f"recovery time (RTO): median {s['median_recovery_seconds']:.1f}s, max {s['max_recovery_seconds']:.1f}s "
-        f"(clean run {report['clean_seconds']:.1f}s)",
-        f"worst-case recompute after a kill (RPO): {s['rpo_seconds']:.1f}s of compute (stage {s['rpo_stage']})",
-        report["verdict"],
     ]
+    if report["trials"]:
+        if "rollbacks" in s:
+            for row, t in zip(rows, report["trials"]):
+                row[-1:-1] = ["-" if t["rollback_kill_at"] is None else
+                              f"{_num(t['rollback_kill_at'])}s, {t['rollback_hit']}",
+                              t["rollback_attempts"], t["rollback_wrong_rows"]]
+        lines += [
+            "",
+            table(["trial", "seed", "kill at (s)", "hit", "resumes", "recovery (s)", "R", "duplicated", "missing",
+                   "extra"] + (["rollback killed", "rollback attempts", "rows off the point"]
+                               if "rollbacks" in s else []) + ["outcome"], rows),
+            "",
+            f"trials {s['trials']}, kills {s['kills']} (+{s['second_kills']} during a recovery), resumes {s['resumes']}",
+            f"rows duplicated {s['duplicated_rows']}, missing {s['missing_rows']}, extra {s['extra_rows']}",
+            f"recovery time (RTO): median {s['median_recovery_seconds']:.1f}s, max {s['max_recovery_seconds']:.1f}s "
+            f"(clean run {report['clean_seconds']:.1f}s)",
+        ]
+    if "rollbacks" in s:
+        lines.append(f"rollbacks {s['rollbacks']} ({s['rollback_kills']} killed midway and finished by a rerun): "
+                     f"{s['rollback_wrong_rows']} row(s) off the recovery point; median {s['median_rollback_seconds']:.1f}s, "
+                     f"max {s['max_rollback_seconds']:.1f}s")
+    lines.append(f"worst-case recompute after a kill (RPO): {s['rpo_seconds']:.1f}s of compute (stage {s['rpo_stage']})")
+    if report.get("damage"):
+        lines += ["", "damaged state:", table(
+            ["case", "damage", "then", "outcome", "exit", "said"],
+            [[c["name"], c["damage"], c["operation"], c["outcome"] if c["ok"] else f"FAILED: {c['error']}",
+              "-" if c["exit_code"] is None else c["exit_code"], c["said"]] for c in report["damage"]]), ""]
+    lines.append(report["verdict"])
     return "\n".join(lines)

@@ -21,6 +21,7 @@ __all__ = [
     "CheckpointError",
     "LedgerError",
     "RefusedError",
+    "DamagedStateError",
     "RecoveryPointError",
     "RollbackError",
 ]
@@ -91,3 +92,11 @@ class RefusedError(RecoverError):
     """The operation is refused to protect data (lease held, conflict)."""
 
     exit_code = 3
+
+
+class DamagedStateError(RefusedError):
+    """State spark-recover relies on is damaged and cannot be recomputed around.
+
+    A torn ledger commit, or a recovery point whose files were vacuumed: the
+    operation is refused (exit 3) and nothing is changed.
+    """

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 
-from .errors import LedgerError, UnknownRunError
+from .errors import DamagedStateError, LedgerError, RecoverError, UnknownRunError
 from .storage import Layout, native_uri
 
 __all__ = ["Ledger", "LeaseConflict", "RunRecord", "StageRecord", "Heartbeat", "SCHEMA", "apply_event",
@@ -297,14 +297,20 @@ class Ledger:
                 self._table = deltalake.DeltaTable.create(
                     self.uri, SCHEMA, mode="ignore", configuration=_TABLE_CONF, storage_options=options)
             except Exception:  # another process created it first
-                self._table = self.layout.delta(self.uri)
+                try:
+                    self._table = self.layout.delta(self.uri)
+                except Exception as exc:
+                    raise self.unreadable(exc) from exc
         return self._table
 
     def version(self) -> int:
         """The ledger's latest commit version (-1 when it does not exist yet)."""
         table = self._open_for_write()
         with self._lock:
-            table.update_incremental()
+            try:
+                table.update_incremental()
+            except Exception as exc:
+                raise self.unreadable(exc) from exc
             return table.version()
 
     def append(self, run_id: str, job: str, event: str, *, only_at: int | None = None,
@@ -338,9 +344,8 @@ class Ledger:
                                   f"writing event {event!r} of run {run_id} to {self.uri}: {exc}",
                                   uri=self.uri) from exc
             except Exception as exc:
-                raise LedgerError("could not append to the ledger",
-                                  f"writing event {event!r} of run {run_id} to {self.uri}: {exc}",
-                                  uri=self.uri) from exc
+                raise self.unreadable(exc, "could not append to the ledger",
+                                      f"writing event {event!r} of run {run_id} to ") from exc
             self.last_write = time.monotonic()
         return row
 
@@ -366,8 +371,42 @@ class Ledger:
         except deltalake.exceptions.TableNotFoundError:
             return []
         except Exception as exc:
-            raise LedgerError("could not read the ledger", f"{self.uri}: {exc}", uri=self.uri) from exc
+            raise self.unreadable(exc) from exc
         return table.sort_by("ts").to_pylist()
+
+    def unreadable(self, exc: Exception, headline: str = "could not read the ledger",
+                   doing: str = "") -> RecoverError:
+        """The error for a ledger that fails: a torn commit file is named (exit 3)."""
+        torn = self._torn_commit()
+        if torn is None:
+            return LedgerError(headline, f"{doing}{self.uri}: {exc}", uri=self.uri)
+        return DamagedStateError(
+            "the ledger is damaged",
+            f"its commit file {torn} is not whole JSON (a store without atomic writes leaves a torn "
+            "file when its writer dies mid-write). Nothing was read or changed: spark-recover will not "
+            "guess what that commit recorded. Put the file back from a backup of the store, then rerun",
+            file=torn)
+
+    def _torn_commit(self) -> str | None:
+        """The newest ``_delta_log`` commit file of the ledger that is not whole JSON lines."""
+        import pyarrow.fs as pafs
+
+        fs, base = self.layout.filesystem(f"{self.uri}/_delta_log")
+        try:
+            infos = fs.get_file_info(pafs.FileSelector(base))
+        except OSError:
+            return None
+        for info in sorted((i for i in infos if i.base_name.endswith(".json")), key=lambda i: i.base_name,
+                           reverse=True):
+            with fs.open_input_stream(info.path) as stream:
+                text = stream.read().decode("utf-8", "replace")
+            try:
+                for line in text.splitlines():
+                    if line.strip():
+                        json.loads(line)
+            except ValueError:
+                return info.path
+        return None
 
     def _fold(self, events: Iterable[Mapping[str, Any]]) -> dict[str, RunRecord]:
         runs: dict[str, RunRecord] = {}

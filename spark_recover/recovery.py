@@ -14,11 +14,11 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from . import checkpoint, failpoints
 from .config import Settings, load_settings
-from .errors import RecoveryPointError, RefusedError, RollbackError, UsageError
+from .errors import DamagedStateError, RecoveryPointError, RefusedError, RollbackError, UsageError
 from .ledger import Ledger, RunRecord
 from .fingerprint import digest
 from .publication import recovery_point
@@ -124,9 +124,8 @@ def _restored_before_crash(target: Target, state: TableState, journal_id: str,
     if last.get("operation") != "RESTORE" or tag.get("rollback_of") != journal_id \
             or tag.get("attempt") != earlier.get("attempt"):
         return None
-    metrics = last.get("operationMetrics") or {}
     return {"restore_version": last["version"], "seconds": None, "journaled_after_crash": True,
-            "files": sum(int(metrics.get(k) or 0) for k in ("numRestoredFiles", "numRemovedFiles"))}
+            "files": _restored_files(last.get("operationMetrics") or {})}
 
 
 def _foreign_commits(target: Target, state: TableState, point: Mapping[str, Any], ours: set[str]) -> list[str]:
@@ -216,7 +215,7 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
         if target_point.get("exists") and state.exists:
             problem = checkpoint.verify(state.uri, int(target_point["version"]), tables[table])
             if problem:
-                raise RecoveryPointError(
+                raise DamagedStateError(
                     f"recovery point of {table} can no longer be restored",
                     f"version {target_point['version']}: {problem} (VACUUM removed it?); nothing was changed",
                     table=table)
@@ -240,10 +239,11 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
                 continue
             done = found
         else:
-            if target_point.get("exists") or target.catalog:  # a RESTORE or a DROP: Spark's work
+            if target.catalog:  # a catalog table's RESTORE or DROP is Spark's work
                 spark = _spark(spark, settings)
             t0 = time.monotonic()
-            metrics = _restore(spark, target, target_point, {"rollback_of": journal_id, "attempt": attempt})
+            metrics = _restore(lambda: _spark(spark, settings), target, target_point,
+                               {"rollback_of": journal_id, "attempt": attempt})
             failpoints.hit("rollback", "after_restore")
             after = table_state(spark, target)
             if not _at_point(target, after, target_point):
@@ -278,19 +278,45 @@ def _check_removable(target: Target) -> None:
                            "away, then run the rollback again", table=target.location)
 
 
-def _restore(spark, target: Target, point: Mapping[str, Any], tag: Mapping[str, str]) -> dict[str, Any]:
+def _restore(spark: Callable[[], Any], target: Target, point: Mapping[str, Any],
+             tag: Mapping[str, str]) -> dict[str, Any]:
+    """Put one table back to its point. ``spark()`` gives a session, started only if needed.
+
+    A path table is restored by delta-rs: a metadata-only commit (the point's
+    files added back, the later ones removed), milliseconds against seconds
+    and a JVM for Spark's RESTORE; the commit reads as a ``RESTORE`` with our
+    ``userMetadata`` to both. A protocol delta-rs cannot write, and catalog
+    tables, go to Spark's RESTORE.
+    """
+    import deltalake
+
     if not point.get("exists"):  # the run created the table: remove it
         if target.catalog:
-            spark.sql(f"DROP TABLE IF EXISTS {target.location}")
+            spark().sql(f"DROP TABLE IF EXISTS {target.location}")
         else:
             _check_removable(target)
             target.delete_tree(target.location)
         return {"files": 0, "removed_table": True}
-    session = isolated_session(spark, {"spark.databricks.delta.commitInfo.userMetadata": json.dumps(dict(tag))})
+    text = json.dumps(dict(tag))
+    if not target.catalog:
+        try:
+            metrics = target.delta(target.location).restore(
+                int(point["version"]),
+                commit_properties=deltalake.CommitProperties(custom_metadata={"userMetadata": text}))
+            return {"files": _restored_files(metrics), "restore_metrics": dict(metrics), "engine": "delta-rs"}
+        except deltalake.exceptions.DeltaError:
+            pass  # a table feature delta-rs cannot write (or a failed commit): Spark's RESTORE below
+    session = isolated_session(spark(), {"spark.databricks.delta.commitInfo.userMetadata": text})
     row = session.sql(f"RESTORE TABLE {target.ident} TO VERSION AS OF {int(point['version'])}").first()
     data = row.asDict() if row is not None else {}
     return {"files": int(data.get("num_restored_files", 0) or 0) + int(data.get("num_removed_files", 0) or 0),
-            "restore_metrics": {k: v for k, v in data.items()}}
+            "restore_metrics": {k: v for k, v in data.items()}, "engine": "spark"}
+
+
+def _restored_files(metrics: Mapping[str, Any]) -> int:
+    """Files a RESTORE put back or took away, from Spark's or delta-rs's metric names."""
+    return sum(int(metrics.get(k) or 0) for k in ("numRestoredFiles", "numRemovedFiles",
+                                                   "numRestoredFile", "numRemovedFile"))
 
 
 def redo(job, run_id: str, *, from_stage: str | None = None, root: str | None = None,

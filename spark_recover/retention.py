@@ -135,7 +135,13 @@ def gc(keep_days: float = 7.0, *, root: str | None = None, settings: Settings | 
                 layout.delete_tree(table)
             continue
         oldest = min(versions)
-        created = layout.delta(table, version=oldest).history(1)[0]["timestamp"]
+        try:
+            created = layout.delta(table, version=oldest).history(1)[0]["timestamp"]
+        except Exception as exc:  # a damaged table: the runs that need it recompute; a human decides
+            report["kept_tables"].append(table)
+            report["warnings"].append(f"{table}: version {oldest}, which a run still needs, does not load "
+                                      f"({type(exc).__name__}); kept as it is")
+            continue
         age_hours = (now.timestamp() * 1000 - float(created)) / 3_600_000
         retain = max(1, math.ceil(age_hours) + 1)
         report["vacuumed_tables"].append({"table": table, "oldest_needed_version": oldest, "retain_hours": retain})
@@ -160,5 +166,5 @@ def gc(keep_days: float = 7.0, *, root: str | None = None, settings: Settings | 
         say(f"warning: {line}")
     say(f"gc: deleted {len(report['deleted_tables'])} checkpoint table(s), vacuumed "
         f"{len(report['vacuumed_tables'])}" + (" (dry run)" if dry_run else "")
-        + (f", kept {len(report['kept_tables'])} a starting run uses" if report["kept_tables"] else ""))
+        + (f", kept {len(report['kept_tables'])}" if report["kept_tables"] else ""))
     return report

@@ -353,7 +353,10 @@ def _execute(ctx: RunContext, spark, plans: list[StagePlan], pins: Mapping[str, 
         ctx.log("stage_started", stage=plan.name, reason=plan.reason, fingerprint=plan.fingerprint,
                 detail={"parts": plan.parts})
         failpoints.hit(plan.name, "before")
-        location = ctx.layout.checkpoint(job.name, ctx.params_key, plan.name)
+        location, moved = checkpoint.place(ctx.layout.checkpoint(job.name, ctx.params_key, plan.name),
+                                           ctx.run_id, ctx.layout)
+        if moved:
+            ctx.say(f"{tag} note: {moved}")
         t0 = time.monotonic()
         try:
             kwargs = {i: frame(i) for i in plan.stage.inputs}

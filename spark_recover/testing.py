@@ -193,13 +193,14 @@ def kill_during(job_file: str, *, root: str, params: Mapping[str, str] | None = 
 
 
 def assert_recovers(job_file: str, params: Mapping[str, str] | None = None, *, kills: int = 3, seed: int = 0,
-                    root: str | None = None, spark=None) -> dict:
+                    with_rollback: bool = False, root: str | None = None, spark=None) -> dict:
     """Drill ``job_file`` from a test: ``kills`` random SIGKILLs, recovery, every sink row by row.
 
     Each kill hits a real driver process; the recoveries run in this test's
     session (``spark``, else the active one), so a trial costs seconds. Fails
     the test with the drill's report unless no row was lost, duplicated or
-    extra. Returns the report.
+    extra (and, ``with_rollback``, unless every rollback, killed midway or not,
+    put the tables back to their recovery point). Returns the report.
 
     >>> assert_recovers("jobs/my_job.py", {"day": "2026-11-23"}, kills=3, seed=1)   # doctest: +SKIP
     """
@@ -222,7 +223,7 @@ def assert_recovers(job_file: str, params: Mapping[str, str] | None = None, *, k
         except RecoverError as exc:
             return exc.exit_code
 
-    report = drill(str(job_file), values, kills=kills, seed=seed, settings=load_settings(root=root),
-                   recover=recover, env=job_env(), echo=False)
+    report = drill(str(job_file), values, kills=kills, seed=seed, with_rollback=with_rollback,
+                   settings=load_settings(root=root), recover=recover, env=job_env(), echo=False)
     assert report["ok"], "\n" + drill_text(report)
     return report

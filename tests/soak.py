@@ -1,4 +1,5 @@
-"""The soak: a long drill of the four-sink test job, every recovery a real `run --resume` process.
+"""The soak: a long drill of the four-sink test job, every recovery a real `run --resume` process,
+every trial's run then rolled back (most rollbacks killed midway and rerun).
 
     make soak              # 20 kills (what CI runs)
     make soak KILLS=100    # the 100-kill soak
@@ -39,9 +40,15 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="spark-recover-soak-"))
     spark = get_spark(Settings(spark=TEST_SPARK_CONFS))
     make_sources(spark, work / "sources")
+    # The job's tables exist before the drill, as in production: a rollback then restores them
+    # to their recovery point (not only removes what the run created).
+    from spark_recover.job import load_job
+
+    own = {"data": str(work / "sources"), "out": str(work / "out"), "day": "3"}
+    assert load_job(SINK_JOB).run(own, root=str(work / "own-root"), spark=spark, echo=False).ok
     spark.stop()
     command = [sys.executable, "-m", "spark_recover", "drill", SINK_JOB, "-p", f"data={work / 'sources'}",
-               "-p", f"out={work / 'out'}", "-p", "day=3", "--kills", str(args.kills), "--seed", str(args.seed),
+               "-p", f"out={work / 'out'}", "-p", "day=3", "--kills", str(args.kills), "--seed", str(args.seed), "--with-rollback",
                "--root", str(work / "root"), "--json"]
     started = time.monotonic()
     proc = subprocess.run(command, capture_output=True, text=True, env=job_env())

@@ -4,21 +4,65 @@ from __future__ import annotations
 
 import json
 
-from spark_recover.testing import assert_recovers, run_cli
+import deltalake
+import pytest
 
-from conftest import SINK_JOB
+from spark_recover.config import load_settings
+from spark_recover.drill import drill, drill_text
+from spark_recover.job import load_job
+from spark_recover.testing import assert_recovers, job_env, run_cli
+
+from conftest import SINK_JOB, TABLES
 
 
 def test_drill_of_every_sink_mode_loses_and_duplicates_nothing(spark, source_data, recover_root, tmp_path):
     out = tmp_path / "out"
-    report = assert_recovers(SINK_JOB, {"data": str(source_data), "out": str(out), "day": "3"},
-                             kills=10, seed=2026, spark=spark)
+    params = {"data": str(source_data), "out": str(out), "day": "3"}
+    # The user's tables exist, so each rollback restores them (not only removes what a run created).
+    assert load_job(SINK_JOB).run(params, root=str(tmp_path / "own-root"), spark=spark, echo=False).ok
+    versions = {t: deltalake.DeltaTable(str(out / t)).version() for t in TABLES}
+    report = assert_recovers(SINK_JOB, params, kills=10, seed=2026, with_rollback=True, spark=spark)
     s = report["summary"]
     assert s["trials"] == 10 and s["kills"] >= 5, report["trials"]  # a kill may miss a run that ended early
     assert (s["duplicated_rows"], s["missing_rows"], s["extra_rows"]) == (0, 0, 0)
     assert {t["hit"].split()[0] for t in report["trials"] if t["kill_at"] is not None} - {"start-up"}
-    assert not out.exists()  # the user's tables were never touched: the drill wrote its own copies
+    # --with-rollback: every trial's logical run rolled back (most killed midway, then rerun), and
+    # every table holds its recovery point's rows again.
+    assert s["rollbacks"] == 10 and s["rollback_kills"] >= 3 and s["rollback_wrong_rows"] == 0, report["trials"]
+    assert all(t["rollback_attempts"] == 1 + (t["rollback_kill_at"] is not None) for t in report["trials"])
+    # The user's tables were never touched: the drill wrote its own copies.
+    assert versions == {t: deltalake.DeltaTable(str(out / t)).version() for t in TABLES}
     print(json.dumps(s))
+
+
+@pytest.mark.soak  # ~3 minutes of driver processes: `make soak`
+def test_drill_damage_cases_are_recomputed_or_refused_plainly(spark, source_data, recover_root, tmp_path):
+    out = tmp_path / "out"
+    params = {"data": str(source_data), "out": str(out), "day": "3"}
+    # The user's tables exist (so their recovery point has files a VACUUM can take).
+    assert load_job(SINK_JOB).run(params, root=str(tmp_path / "own-root"), spark=spark, echo=False).ok
+    versions = {t: deltalake.DeltaTable(str(out / t)).version() for t in TABLES}
+    report = drill(SINK_JOB, params, kills=0, damage=True, settings=load_settings(root=recover_root),
+                   env=job_env(), echo=False)
+    cases = {c["name"]: c for c in report["damage"]}
+    assert report["ok"], drill_text(report)
+    assert {n: c["outcome"] for n, c in cases.items()} == {
+        "checkpoint-file-deleted": "recomputed", "checkpoint-file-truncated": "recomputed",
+        "checkpoint-log-deleted": "recomputed", "checkpoint-log-truncated": "recomputed",
+        "checkpoint-folder-removed": "recomputed", "ledger-commit-truncated": "refused",
+        "sink-point-vacuumed": "refused"}
+    said = {n: c["said"] for n, c in cases.items()}
+    assert "its checkpoint is damaged: data file" in said["checkpoint-file-deleted"] and "is missing" in said[
+        "checkpoint-file-deleted"]
+    assert "the Delta log recorded" in said["checkpoint-file-truncated"]
+    for name in ("checkpoint-log-deleted", "checkpoint-log-truncated", "checkpoint-folder-removed"):
+        assert "checkpoint table cannot be loaded" in said[name], said[name]
+    assert said["ledger-commit-truncated"].startswith("the ledger is damaged: its commit file")
+    assert "can no longer be restored" in said["sink-point-vacuumed"] and "nothing was changed" in said[
+        "sink-point-vacuumed"]
+    assert all(cases[n]["exit_code"] == 3 for n in ("ledger-commit-truncated", "sink-point-vacuumed"))
+    assert all((c["duplicates"], c["missing"], c["extra"]) == (0, 0, 0) for c in cases.values())
+    assert versions == {t: deltalake.DeltaTable(str(out / t)).version() for t in TABLES}  # yours, untouched
 
 
 BROKEN_JOB = '''

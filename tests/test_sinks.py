@@ -10,7 +10,7 @@ import deltalake
 import pytest
 
 import spark_recover
-from spark_recover.errors import RecoveryPointError, RefusedError
+from spark_recover.errors import DamagedStateError, RefusedError
 from spark_recover.ledger import Ledger
 from spark_recover.recovery import create_point
 from spark_recover.storage import Layout, read_delta
@@ -168,8 +168,9 @@ def test_vacuumed_recovery_point_is_a_clear_error(spark, source_data, recover_ro
     spark.range(5).write.format("delta").mode("overwrite").save(str(table))
     _no_retention_check(spark).sql(f"VACUUM delta.`{table}` RETAIN 0 HOURS")
     vacuumed = deltalake.DeltaTable(str(table)).version()  # VACUUM logs its own commits
-    with pytest.raises(RecoveryPointError, match="can no longer be restored"):
+    with pytest.raises(DamagedStateError, match="can no longer be restored") as refused:
         spark_recover.rollback(point="old", root=recover_root, spark=spark, echo=False)
+    assert refused.value.exit_code == 3
     assert deltalake.DeltaTable(str(table)).version() == vacuumed  # nothing changed
 
 
