@@ -22,16 +22,17 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
-# The damaged-state drill test, then a drill of the four-sink test job with real
+# The long real-process tests (damaged state, racing drivers), then a drill of the four-sink test job with real
 # `run --resume` recoveries and killed rollbacks (CI: 20 kills).
 KILLS ?= 20
 soak: $(STAMP)
 	$(BIN)/python -m pytest -m soak
 	$(BIN)/python tests/soak.py --kills $(KILLS)
 
+# Benchmarks side by side (bench/results/latest.json and latest.md); BENCH=--large for bigger sizes.
 bench: $(STAMP)
-	$(BIN)/python -m bench.overhead
-	$(BIN)/python -m bench.rollback
+	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
+	$(BIN)/python -m bench $(BENCH)
 	$(BIN)/python -m bench.lease_race --trials 20
 
 clean:

@@ -1,4 +1,4 @@
-"""Benchmarks: run them with `make bench`; results land in bench/results/ (not committed)."""
+"""Benchmarks: run them with `make bench`; results land in bench/results/ (latest.json and latest.md are committed)."""
 
 from __future__ import annotations
 

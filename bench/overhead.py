@@ -43,7 +43,7 @@ def timed(fn: Callable[[], object], repeat: int) -> dict[str, float]:
             "n": repeat}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     from spark_recover.session import get_spark
 
     spark = get_spark(Settings(spark=TEST_SPARK_CONFS))
@@ -92,6 +92,7 @@ def main() -> None:
     results["cli_show"] = timed(lambda: subprocess.run(cli + ["show", "run7", "--root", layout.root],
                                                        check=True, capture_output=True), 5)
     save_results("overhead", results)
+    return results
 
 
 if __name__ == "__main__":

@@ -253,8 +253,10 @@ def drill(job_file: str, params: Mapping[str, str] | None = None, *, kills: int 
         trials.append(t)
         say(f"  trial {number}: kill at {_num(t.kill_at)}s in {t.hit}; {t.resumes} resume(s), "
             f"{t.recovery_seconds:.1f}s; duplicates {t.duplicates}, missing {t.missing}, extra {t.extra}"
-            + (f"; rollback killed at {_num(t.rollback_kill_at)}s ({t.rollback_hit}), {t.rollback_attempts} attempt(s), "
-               f"{t.rollback_wrong_rows} row(s) off the recovery point" if t.rollback_attempts else "")
+            + ("; rollback" + (f" killed at {_num(t.rollback_kill_at)}s ({t.rollback_hit})"
+                                if t.rollback_kill_at is not None else "") +
+               f", {t.rollback_attempts} attempt(s), {t.rollback_wrong_rows} row(s) off the recovery point"
+               if t.rollback_attempts else "")
             + (f"; {t.error}" if t.error else "") + ("" if t.ok else "  <- FAILED"))
     failing = [t for t in trials if not t.ok]
     broken = [c for c in cases if not c.ok]

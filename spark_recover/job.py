@@ -326,7 +326,8 @@ class Job:
     def drill(self, params: Mapping[str, Any] | None = None, **options: Any) -> dict[str, Any]:
         """Rehearse recovery of this job: random SIGKILLs of real driver processes, then a row-by-row check.
 
-        Options: ``kills`` (default 10), ``seed``, ``root``, ``settings``, ``echo``.
+        Options: ``kills`` (default 10), ``seed``, ``with_rollback``, ``damage``, ``root``,
+        ``settings``, ``echo``.
         Returns the report; ``report["ok"]`` is the verdict.
 
         >>> job.drill({"day": "2026-11-23"}, kills=5, seed=7)["ok"]   # doctest: +SKIP

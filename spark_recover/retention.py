@@ -3,8 +3,10 @@
 A checkpoint version is *needed* while a run that references it may still be
 resumed or redone: every failed or running run, every run younger than the
 recovery window (``keep_days``), and the newest successful run of each job and
-parameters. ``gc`` deletes checkpoint tables no needed run references, and
-VACUUMs the others with a retention long enough to keep their oldest needed
+parameters. Each run's checkpoint of a stage is a table of its own, so ``gc``
+deletes whole tables no needed run references: no VACUUM, no JVM. A table of
+the older layout (one per stage, a version per run) that a needed run still
+references is VACUUMed with a retention long enough to keep its oldest needed
 version readable. Sink tables and named recovery points are never vacuumed;
 ``gc`` warns when a table's Delta retention (``delta.deletedFileRetentionDuration``
 for data files, ``delta.logRetentionDuration`` for the log that time travel
@@ -71,7 +73,8 @@ def _needed(ledger: Ledger, keep_days: float) -> tuple[list[RunRecord], dict[str
     return runs, needed, running
 
 
-def _checkpoint_tables(layout: Layout) -> list[str]:
+def _checkpoint_tables(layout: Layout) -> list[tuple[str, bool]]:
+    """Every checkpoint table under the root: ``(location, older layout?)``."""
     import pyarrow.fs as pafs
 
     fs, base = layout.filesystem(layout.checkpoints)
@@ -81,9 +84,17 @@ def _checkpoint_tables(layout: Layout) -> list[str]:
         return [i.path for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
                 if i.type == pafs.FileType.Directory]
 
+    def location(path: str) -> str:
+        return f"{layout.checkpoints}/{path[len(base):].lstrip('/')}"
+
     for job_dir in children(base):
         for key_dir in children(job_dir):
-            found += [f"{layout.checkpoints}/{d[len(base):].lstrip('/')}" for d in children(key_dir)]
+            for entry in children(key_dir):
+                inside = children(entry)
+                if any(d.rsplit("/", 1)[-1] == "_delta_log" for d in inside):  # <key>/<stage>: older layout
+                    found.append((location(entry), True))
+                else:  # <key>/<run id>/<stage>
+                    found += [(location(d), False) for d in inside]
     return found
 
 
@@ -118,14 +129,17 @@ def gc(keep_days: float = 7.0, *, root: str | None = None, settings: Settings | 
     layout = Layout.at(settings.root, settings.storage_options)
     ledger = Ledger(layout, settings.dead_after_seconds)
     now = dt.datetime.now(dt.timezone.utc)
-    runs, needed, _ = _needed(ledger, keep_days)
+    runs, needed, running = _needed(ledger, keep_days)
     report: dict[str, Any] = {"deleted_tables": [], "vacuumed_tables": [], "kept_tables": [], "warnings": []}
-    tables = _checkpoint_tables(layout)
-    for table in tables:
+    fresh_for = None
+    for table, older_layout in _checkpoint_tables(layout):
         key = canonical(table)
+        folder = key.split("/checkpoints/", 1)[-1].split("/")[:2]  # job, params key
         if not needed.get(key) and not dry_run:
-            _, needed, running = _needed(ledger, keep_days)  # fresh: a run may have started since
-            if any(key.startswith(folder + "/") for folder in running) and not needed.get(key):
+            if folder != fresh_for:  # read the ledger again: a run of these params may have started since
+                _, needed, running = _needed(ledger, keep_days)
+                fresh_for = folder
+            if any(key.startswith(f + "/") for f in running) and not needed.get(key):
                 report["kept_tables"].append(table)
                 continue
         versions = needed.get(key)
@@ -133,6 +147,11 @@ def gc(keep_days: float = 7.0, *, root: str | None = None, settings: Settings | 
             report["deleted_tables"].append(table)
             if not dry_run:
                 layout.delete_tree(table)
+                run_dir = table.rsplit("/", 1)[0]
+                if not older_layout and layout.entries(run_dir) == []:
+                    layout.delete_tree(run_dir)
+            continue
+        if not older_layout:  # a run's own table, one version, needed whole
             continue
         oldest = min(versions)
         try:

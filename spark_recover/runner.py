@@ -72,7 +72,7 @@ class RunResult:
             raise UsageError(f"stage {stage!r} has no checkpoint in run {self.run_id}",
                              f"expected a succeeded stage, one of "
                              f"{[s.name for s in self.stages if s.status == 'succeeded']}", stage=stage)
-        return checkpoint.read(self._spark, rec.checkpoint, rec.version)
+        return checkpoint.read(self._spark, rec.checkpoint, rec.version, self.layout)
 
     def to_json(self) -> dict[str, Any]:
         return self.record.to_json()
@@ -216,6 +216,7 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
         if spark is None:
             from .session import get_spark
             spark = get_spark(ctx.settings)
+        session_seconds = time.monotonic() - started
         started = time.monotonic()  # the run's clock excludes starting the JVM
         chain = _origin_chain(resume_from, lineage)
         pins = _pin_sources(ctx, spark, chain, refresh_sources)
@@ -241,6 +242,7 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
         heartbeat.stop()
     total = time.monotonic() - started
     metrics = _recovery_metrics(ctx, plans, total) if resume_from is not None else {}
+    metrics["session_seconds"] = round(session_seconds, 3)  # starting (or reusing) the JVM, not in total
     ctx.log("run_finished", status=status, seconds=round(total, 3), error=error, detail={"metrics": metrics})
     ctx.ledger.compact()
     if status == "succeeded":
@@ -334,7 +336,7 @@ def _execute(ctx: RunContext, spark, plans: list[StagePlan], pins: Mapping[str, 
                 frames[name] = sources.read(spark, next(s for s in job.sources if s.name == name), pins[name])
             else:
                 rec = ctx.record.stages[name]
-                frames[name] = checkpoint.read(spark, rec.checkpoint, rec.version)
+                frames[name] = checkpoint.read(spark, rec.checkpoint, rec.version, ctx.layout)
         return frames[name]
 
     width = max(len(p.name) for p in plans)
@@ -353,10 +355,7 @@ def _execute(ctx: RunContext, spark, plans: list[StagePlan], pins: Mapping[str, 
         ctx.log("stage_started", stage=plan.name, reason=plan.reason, fingerprint=plan.fingerprint,
                 detail={"parts": plan.parts})
         failpoints.hit(plan.name, "before")
-        location, moved = checkpoint.place(ctx.layout.checkpoint(job.name, ctx.params_key, plan.name),
-                                           ctx.run_id, ctx.layout)
-        if moved:
-            ctx.say(f"{tag} note: {moved}")
+        location = ctx.layout.checkpoint(job.name, ctx.params_key, plan.name, ctx.run_id)
         t0 = time.monotonic()
         try:
             kwargs = {i: frame(i) for i in plan.stage.inputs}
@@ -413,8 +412,11 @@ def _publish(ctx: RunContext, spark, targets: list[SinkTarget], lineage: list[Ru
         failpoints.hit(st.sink.stage, "sink_before")
         t0 = time.monotonic()
         try:
-            written = sinks.publish(spark, st, lambda session: checkpoint.read(session, data.checkpoint, data.version),
-                                    decision.app, decision.txn_version, {"run_id": ctx.run_id, "sink": st.table})
+            def read(session):
+                return checkpoint.read(session, data.checkpoint, data.version, ctx.layout)
+
+            written = sinks.publish(spark, st, read, decision.app, decision.txn_version,
+                                    {"run_id": ctx.run_id, "sink": st.table})
         except Exception as exc:
             message = _first_line(exc)
             error = f"sink of stage {st.sink.stage!r} to {st.table} failed: {type(exc).__name__}: {message}"

@@ -199,8 +199,8 @@ class Layout(Storage):
     """Derives checkpoint and ledger locations from the root, and reads them with its options.
 
     >>> lay = Layout.at("/tmp/recover")
-    >>> lay.checkpoint("daily_sales", "3f2a", "cleaned")
-    '/tmp/recover/checkpoints/daily_sales/3f2a/cleaned'
+    >>> lay.checkpoint("daily_sales", "3f2a", "cleaned", "20261125T101500Z-ab12cd")
+    '/tmp/recover/checkpoints/daily_sales/3f2a/20261125T101500Z-ab12cd/cleaned'
     >>> lay.ledger
     '/tmp/recover/ledger/events'
     """
@@ -221,13 +221,16 @@ class Layout(Storage):
 
     @property
     def checkpoints(self) -> str:
-        """The folder holding every checkpoint table: ``<checkpoints>/<job>/<params key>/<stage>``."""
+        """The folder of every checkpoint table: ``<checkpoints>/<job>/<params key>/<run id>/<stage>``."""
         return self._join("checkpoints")
 
-    def checkpoint(self, job: str, params_key: str, stage: str) -> str:
-        # One table per (job, parameters, stage): runs with other parameters
-        # never share, and so never conflict on or read, each other's table.
-        return "/".join([self.checkpoints, job, params_key, stage])
+    def checkpoint(self, job: str, params_key: str, stage: str, run_id: str) -> str:
+        # One table per run and stage, created in one commit: no run ever writes
+        # over another's checkpoint, reads a log longer than one commit, or
+        # commits on a table a crash or a hand damaged.
+        # (A run id starts with a digit, a stage name never does: the older
+        # layout's ``<params key>/<stage>`` tables cannot collide with these.)
+        return "/".join([self.checkpoints, job, params_key, run_id, stage])
 
     def target(self, text: str, catalog: bool | None = None) -> "Target":
         """A sink or recovery-point table, carrying this root's storage options."""

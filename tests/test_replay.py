@@ -105,6 +105,7 @@ def test_chain_of_resumes_with_a_parameter_override_publishes_once(spark, sink_j
     assert statuses[third.run_id] == "rolled_back" and statuses[redone.run_id] == "succeeded"
 
 
+@pytest.mark.soak  # ~2.5 minutes of racing driver processes: `make soak` (CI runs it)
 def test_simultaneous_driver_starts_have_exactly_one_winner(recover_root):
     """Two driver processes of the same job and parameters, started together, ten times."""
     job_file = str(JOBS / "failing_job.py")
@@ -263,7 +264,7 @@ def test_gc_keeps_the_folder_of_a_run_that_starts_meanwhile(spark, recover_root)
     ledger = Ledger(layout)
     ledger.append("starting", "late_job", "run_started",
                   detail={"params": {}, "params_key": "k1", "stages": ["s"], "process": this_process()})
-    orphan = layout.checkpoint("late_job", "k1", "s")
+    orphan = layout.checkpoint("late_job", "k1", "s", "starting")
     spark.range(3).write.format("delta").save(orphan)
     report = gc(0, root=recover_root, spark=spark, echo=False)
     assert report["kept_tables"] == [orphan] and report["deleted_tables"] == []

@@ -1,0 +1,145 @@
+"""`make bench`: every benchmark in one process, then ``bench/results/latest.json`` and ``latest.md``.
+
+    .venv/bin/python -m bench            # the default sizes (about 10 minutes on 2 cores)
+    .venv/bin/python -m bench --large    # 10M-row orders for the job, larger tables
+
+Each part compares its ways side by side, interleaved, in this one warm JVM:
+the demo job five ways (``job_modes``), one checkpoint at three sizes
+(``checkpoint_cost``), rollback against table size (``rollback``), and the
+per-stage bookkeeping (``overhead``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+from pathlib import Path
+
+from . import checkpoint_cost, job_modes, overhead, rollback
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def _machine() -> dict:
+    import psutil
+    import pyspark
+
+    import deltalake
+
+    return {"cpus": os.cpu_count(), "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "pyspark": pyspark.__version__, "deltalake": deltalake.__version__,
+            "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def _markdown(latest: dict) -> str:
+    m = latest["machine"]
+    jm, ck, rb, oh = latest["job_modes"], latest["checkpoint_cost"], latest["rollback"], latest["overhead"]
+    lines = [f"Measured {m['date']} on {m['cpus']} cores, {m['memory_gib']} GiB ({m['platform']}), "
+             f"pyspark {m['pyspark']}, deltalake {m['deltalake']}.", "",
+             f"**The demo job** ({jm['rows']:,} orders, 7 stages; seconds, median of {jm['plain']['n']} "
+             "interleaved runs, min-max):", "",
+             "| way | median (s) | min-max (s) |", "|---|---|---|"]
+    names = {"plain": "plain Spark, no persistence", "checkpoint": "Spark `DataFrame.checkpoint()` after each stage",
+             "parquet": "parquet write + re-read after each stage", "spark_recover": "spark-recover `job.run` (sinks removed)",
+             "spark_recover_sinks": "spark-recover with its 3 sinks",
+             "floor": f"floor: the checkpoints' {jm['checkpoint_bytes'] / 2**20:.0f} MiB written sequentially"}
+    for key, label in names.items():
+        r = jm[key]
+        lines.append(f"| {label} | {r['median_s']:.2f} | {r['min_s']:.2f}-{r['max_s']:.2f} |")
+    ratios = jm["ratios"]
+    lines += ["", f"spark-recover / parquet: **{ratios['spark_recover_over_parquet']}x**; / `checkpoint()`: "
+              f"**{ratios['spark_recover_over_checkpoint']}x**; sinks add {ratios['sinks_cost_s']:.2f} s.", "",
+              "**One checkpoint** (persist, read back, a downstream aggregate; seconds, median):", "",
+              "| rows | spark-recover | parquet | `checkpoint()` | one table per stage (before) | vs parquet |",
+              "|---|---|---|---|---|---|"]
+    for size, row in ck.items():
+        if isinstance(row, dict):
+            lines.append(f"| {int(size):,} | {row['spark_recover']['median_s']:.3f} | {row['parquet']['median_s']:.3f} "
+                         f"| {row['spark_checkpoint']['median_s']:.3f} | {row['one_table_per_stage']['median_s']:.3f} "
+                         f"| {row['spark_recover_over_parquet']}x |")
+    lines += ["", "**Rollback of one sink table** (1,000 rows appended, then rolled back; seconds, median):", "",
+              "| rows | spark-recover rollback | engine | Spark `RESTORE TABLE` |", "|---|---|---|---|"]
+    for size, row in rb.items():
+        if isinstance(row, dict):
+            lines.append(f"| {int(size):,} | {row['rollback_median_s']:.3f} | {row['engine']} "
+                         f"| {row['spark_restore_median_s']:.2f} |")
+    lines += ["", f"Rollback, biggest/smallest table: {rb['ratio_biggest_over_smallest']}x.", "",
+              f"**Bookkeeping**: {oh['bookkeeping_per_computed_stage_s'] * 1000:.0f} ms per computed stage, "
+              f"{oh['bookkeeping_per_reused_stage_s'] * 1000:.0f} ms per reused stage.", ""]
+    return "\n".join(lines)
+
+
+def _charts(latest: dict) -> list[str]:
+    """PNG charts next to latest.md: the job five ways, one checkpoint by size, rollback by size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+
+    def save(fig, ax, title: str, name: str) -> None:
+        ax.set_title(title)
+        fig.tight_layout()
+        fig.savefig(RESULTS / name, dpi=110)
+        made.append(name)
+
+    jm = latest["job_modes"]
+    ways = ["plain", "checkpoint", "parquet", "spark_recover", "spark_recover_sinks", "floor"]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    medians = [jm[w]["median_s"] for w in ways]
+    errors = [[m - jm[w]["min_s"] for w, m in zip(ways, medians)], [jm[w]["max_s"] - m for w, m in zip(ways, medians)]]
+    ax.bar(ways, medians, yerr=errors, capsize=4, color=["#999", "#999", "#999", "#2a7", "#2a7", "#ccc"])
+    ax.set_ylabel("seconds (median, min-max)")
+    ax.tick_params(axis="x", labelrotation=20)
+    save(fig, ax, f"Demo job, {jm['rows']:,} orders, 7 stages: wall time per way", "job_modes.png")
+
+    ck = latest["checkpoint_cost"]
+    sizes = [s for s, row in ck.items() if isinstance(row, dict)]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    width = 0.2
+    for i, way in enumerate(["spark_recover", "parquet", "spark_checkpoint", "one_table_per_stage"]):
+        ax.bar([x + i * width for x in range(len(sizes))], [ck[s][way]["median_s"] for s in sizes], width, label=way)
+    ax.set_xticks([x + 1.5 * width for x in range(len(sizes))], [f"{int(s):,} rows" for s in sizes])
+    ax.set_ylabel("seconds (median)")
+    ax.legend()
+    save(fig, ax, "One checkpoint: persist, read back, a downstream aggregate", "checkpoint_cost.png")
+
+    rb = latest["rollback"]
+    sizes = [s for s, row in rb.items() if isinstance(row, dict)]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot([int(s) for s in sizes], [rb[s]["rollback_median_s"] for s in sizes], "o-", label="spark-recover rollback")
+    ax.plot([int(s) for s in sizes], [rb[s]["spark_restore_median_s"] for s in sizes], "s--", label="Spark RESTORE TABLE")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("rows in the sink table")
+    ax.set_ylabel("seconds (median)")
+    ax.legend()
+    save(fig, ax, "Rollback of one table against its size", "rollback.png")
+    plt.close("all")
+    return made
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--large", action="store_true", help="10M-row job data, bigger tables (slow)")
+    args = parser.parse_args()
+    latest = {"machine": _machine()}
+    latest["job_modes"] = job_modes.main(["--rows", "10000000"] if args.large else [])
+    latest["checkpoint_cost"] = checkpoint_cost.main(["--sizes", "1000,100000,2000000,10000000"] if args.large else [])
+    latest["rollback"] = rollback.main(["--sizes", "100000,1000000,10000000,50000000"] if args.large else [])
+    latest["overhead"] = overhead.main()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(latest, indent=2))
+    charts = _charts(latest)
+    text = _markdown(latest) + "\n" + "\n".join(f"![{c[:-4]}]({c})" for c in charts) + "\n"
+    (RESULTS / "latest.md").write_text(text)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
