@@ -126,10 +126,6 @@ def _like(stored, original):
     return stored
 
 
-def _quoted(name: str) -> str:
-    return "`" + name.replace("`", "``") + "`"
-
-
 def _positional(df):
     """``df`` with positional names (``c0``.. at the top, ``f0``.. inside), same types, same rows."""
     from pyspark.sql import functions as F
