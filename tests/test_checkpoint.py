@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import decimal
+import json
 
 import deltalake
 import pytest
@@ -68,8 +69,25 @@ def test_checkpoint_round_trips_names_types_and_rows(spark, tmp_path, schema, ro
     # under positional top-level names; nested names, types and every value are still compared.
     plain = [f"c{i}" for i in range(len(df.columns))]
     assert_df_equality(back.toDF(*plain).orderBy("c0"), df.toDF(*plain).orderBy("c0"), ignore_nullable=True)
-    # Any Delta reader opens it (under positional names when Delta refuses the stage's own).
-    assert deltalake.DeltaTable(location).to_pyarrow_table().num_rows == len(rows)
+    # Any Delta reader opens it (under positional names when Delta refuses the stage's own), with our userMetadata.
+    table = deltalake.DeltaTable(location)
+    assert table.to_pyarrow_table().num_rows == len(rows)
+    assert json.loads(table.history(1)[0]["userMetadata"])["run_id"] == "run"
+    stored = checkpoint._positional(back) if checkpoint._needs_positional_names(df.schema) else back
+    by_delta = spark.read.format("delta").load(location)
+    assert_df_equality(by_delta.toDF(*plain).orderBy("c0"), stored.toDF(*plain).orderBy("c0"))
+
+
+def test_a_variant_column_round_trips(spark, tmp_path):
+    layout = Layout.at(str(tmp_path))
+    df = spark.sql("""SELECT id, parse_json(CASE WHEN id = 1 THEN NULL ELSE '{"a": ' || id || ', "b": [1, "x"]}' END) AS v
+                      FROM range(3)""")
+    location = layout.checkpoint("job", "key", "stage", "run")
+    written = checkpoint.write(df, location, {"run_id": "run"}, layout)
+    as_json = [F.col("id"), F.to_json("v").alias("v")]
+    assert_df_equality(checkpoint.read(spark, location, written.version, layout).select(as_json),
+                       df.select(as_json), ignore_row_order=True, ignore_nullable=True)
+    assert "variantType" in (deltalake.DeltaTable(location).protocol().reader_features or [])
 
 
 def test_a_stage_returning_a_global_aggregate_checkpoints_and_resumes(spark, recover_root):
