@@ -1,12 +1,14 @@
 """`make bench`: every benchmark in one process, then ``bench/results/latest.json`` and ``latest.md``.
 
-    .venv/bin/python -m bench            # the default sizes (about 10 minutes on 2 cores)
-    .venv/bin/python -m bench --large    # 10M-row orders for the job, larger tables
+    .venv/bin/python -m bench            # the default sizes (under 15 minutes on 2 cores)
+    .venv/bin/python -m bench --large    # 10M-row orders for the job, larger tables, 2M-row crash runs
 
-Each part compares its ways side by side, interleaved, in this one warm JVM:
+Each part compares its ways side by side, interleaved: in this one warm JVM,
 the demo job five ways (``job_modes``), one checkpoint at three sizes
-(``checkpoint_cost``), rollback against table size (``rollback``), and the
-per-stage bookkeeping (``overhead``).
+(``checkpoint_cost``), rollback against table size (``rollback``) and the
+per-stage bookkeeping (``overhead``); in fresh processes, a resume after a
+crash before each stage against a clean run and against its floor
+(``crash_stages``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import os
 import platform
 from pathlib import Path
 
-from . import checkpoint_cost, job_modes, overhead, rollback
+from . import checkpoint_cost, crash_stages, job_modes, overhead, rollback
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -46,13 +48,15 @@ def _markdown(latest: dict) -> str:
     names = {"plain": "plain Spark, no persistence", "checkpoint": "Spark `DataFrame.checkpoint()` after each stage",
              "parquet": "parquet write + re-read after each stage", "spark_recover": "spark-recover `job.run` (sinks removed)",
              "spark_recover_sinks": "spark-recover with its 3 sinks",
+             "plain_delta_sinks": "for scale: the 3 sink outputs written by plain `df.write` to Delta",
              "floor": f"floor: the checkpoints' {jm['checkpoint_bytes'] / 2**20:.0f} MiB written sequentially"}
     for key, label in names.items():
         r = jm[key]
         lines.append(f"| {label} | {r['median_s']:.2f} | {r['min_s']:.2f}-{r['max_s']:.2f} |")
     ratios = jm["ratios"]
     lines += ["", f"spark-recover / parquet: **{ratios['spark_recover_over_parquet']}x**; / `checkpoint()`: "
-              f"**{ratios['spark_recover_over_checkpoint']}x**; sinks add {ratios['sinks_cost_s']:.2f} s.", "",
+              f"**{ratios['spark_recover_over_checkpoint']}x**; the sinks add {ratios['sinks_cost_s']:.2f} s, "
+              f"{ratios['sinks_cost_over_plain_delta_writes']}x the plain Delta writes of the same data.", "",
               "**One checkpoint** (persist, read back, a downstream aggregate; seconds, median):", "",
               "| rows | spark-recover | parquet | `checkpoint()` | one table per stage (before) | vs parquet |",
               "|---|---|---|---|---|---|"]
@@ -67,7 +71,19 @@ def _markdown(latest: dict) -> str:
         if isinstance(row, dict):
             lines.append(f"| {int(size):,} | {row['rollback_median_s']:.3f} | {row['engine']} "
                          f"| {row['spark_restore_median_s']:.2f} |")
+    cs = latest["crash_stages"]
     lines += ["", f"Rollback, biggest/smallest table: {rb['ratio_biggest_over_smallest']}x.", "",
+              f"**Recovery after a crash before each stage** ({cs['rows']:,} orders; every step a fresh process, "
+              f"JVM start included; clean run T_t = {cs['clean']['median_s']:.1f} s, median of "
+              f"{cs['clean']['n']}):", "",
+              "| crash before | T_f: `run --resume` (s) | R = T_f / T_t | floor (s) | R of the floor | T_f - floor (s) |",
+              "|---|---|---|---|---|---|"]
+    for stage, row in cs["stages"].items():
+        lines.append(f"| {row['position']}. {stage} | {row['resume']['median_s']:.1f} "
+                     f"({row['resume']['min_s']:.1f}-{row['resume']['max_s']:.1f}) | {row['R']} "
+                     f"| {row['floor']['median_s']:.1f} | {row['R_floor']} | {row['over_floor_s']:+.1f} |")
+    lines += ["", "The floor: a fresh process that starts the same Spark, reads the outputs the resume reuses "
+              "and computes only the remaining stages with plain Spark (parquet between stages, no sinks).", "",
               f"**Bookkeeping**: {oh['bookkeeping_per_computed_stage_s'] * 1000:.0f} ms per computed stage, "
               f"{oh['bookkeeping_per_reused_stage_s'] * 1000:.0f} ms per reused stage.", ""]
     return "\n".join(lines)
@@ -89,11 +105,11 @@ def _charts(latest: dict) -> list[str]:
         made.append(name)
 
     jm = latest["job_modes"]
-    ways = ["plain", "checkpoint", "parquet", "spark_recover", "spark_recover_sinks", "floor"]
+    ways = ["plain", "checkpoint", "parquet", "spark_recover", "spark_recover_sinks", "plain_delta_sinks", "floor"]
     fig, ax = plt.subplots(figsize=(8, 4))
     medians = [jm[w]["median_s"] for w in ways]
     errors = [[m - jm[w]["min_s"] for w, m in zip(ways, medians)], [jm[w]["max_s"] - m for w, m in zip(ways, medians)]]
-    ax.bar(ways, medians, yerr=errors, capsize=4, color=["#999", "#999", "#999", "#2a7", "#2a7", "#ccc"])
+    ax.bar(ways, medians, yerr=errors, capsize=4, color=["#999", "#999", "#999", "#2a7", "#2a7", "#ccc", "#ccc"])
     ax.set_ylabel("seconds (median, min-max)")
     ax.tick_params(axis="x", labelrotation=20)
     save(fig, ax, f"Demo job, {jm['rows']:,} orders, 7 stages: wall time per way", "job_modes.png")
@@ -120,19 +136,32 @@ def _charts(latest: dict) -> list[str]:
     ax.set_ylabel("seconds (median)")
     ax.legend()
     save(fig, ax, "Rollback of one table against its size", "rollback.png")
+    cs = latest["crash_stages"]
+    stages = list(cs["stages"])
+    fig, ax = plt.subplots(figsize=(8, 4))
+    ax.plot(range(len(stages)), [cs["stages"][k]["R"] for k in stages], "o-", color="#2a7", label="R = T_f / T_t")
+    ax.plot(range(len(stages)), [cs["stages"][k]["R_floor"] for k in stages], "s--", color="#999",
+            label="floor / T_t")
+    ax.set_xticks(range(len(stages)), [f"{cs['stages'][k]['position']}. {k}" for k in stages])
+    ax.tick_params(axis="x", labelrotation=20)
+    ax.set_ylabel("ratio to a clean run")
+    ax.set_ylim(bottom=0)
+    ax.legend()
+    save(fig, ax, f"Recovery after a crash before each stage ({cs['rows']:,} orders)", "crash_stages.png")
     plt.close("all")
     return made
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--large", action="store_true", help="10M-row job data, bigger tables (slow)")
+    parser.add_argument("--large", action="store_true", help="10M-row job data, bigger tables, 2M-row crash runs (slow)")
     args = parser.parse_args()
     latest = {"machine": _machine()}
     latest["job_modes"] = job_modes.main(["--rows", "10000000"] if args.large else [])
     latest["checkpoint_cost"] = checkpoint_cost.main(["--sizes", "1000,100000,2000000,10000000"] if args.large else [])
     latest["rollback"] = rollback.main(["--sizes", "100000,1000000,10000000,50000000"] if args.large else [])
     latest["overhead"] = overhead.main()
+    latest["crash_stages"] = crash_stages.main(["--rows", "2000000"] if args.large else [])
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(latest, indent=2))
     charts = _charts(latest)

@@ -68,10 +68,10 @@ def test_sigkill_at_random_moment_then_resume(spark, small_job, source_data, cle
             out = run_cli(*args, "--root", recover_root, env=NO_JAVA)
             seen[args[0]] = (out.returncode, json.loads(out.stdout), time.monotonic() - started)
 
-    # Kill at a random moment (seeded: reproducible) once two stages are checkpointed,
-    # so the kill lands mid-run with work to reuse.
-    delay = random.Random(7).uniform(0.0, 2.0)
-    killed = kill_during(SMALL_JOB, root=recover_root, params={"data": str(source_data)},
+    # Kill at a random moment (seeded: reproducible) once two stages are checkpointed, so the kill lands
+    # mid-run with work to reuse; the third stage holds 3 s, so the live checks and the kill land before the end.
+    delay = random.Random(7).uniform(0.0, 1.0)
+    killed = kill_during(SMALL_JOB, root=recover_root, params={"data": str(source_data), "pause_seconds": "3"},
                          when=lambda run: sum(s.status == "succeeded" for s in run.stages.values()) >= 2,
                          delay=delay, while_running=inspect_live)
     assert killed.killed, killed.stderr

@@ -1,4 +1,9 @@
-"""A small five-stage job used by the test suite (sources made by tests/conftest.py)."""
+"""A small five-stage job used by the test suite (sources made by tests/conftest.py).
+
+``-p pause_seconds=N`` holds stage ``daily`` N seconds on the driver: a window for a test to kill the run mid-way.
+"""
+
+import time
 
 from pyspark.sql import Window
 from pyspark.sql import functions as F
@@ -25,6 +30,7 @@ def enriched(cleaned, stores):
 @job.stage
 def daily(enriched, params):
     threshold = float(params.get("threshold", "0"))
+    time.sleep(float(params.get("pause_seconds", "0")))
     return (enriched.where(F.col("amount") >= threshold)
             .groupBy("region", "store_id", "day").agg(F.sum("amount").alias("total"),
                                                       F.count("*").alias("orders")))
