@@ -13,6 +13,10 @@ a fresh process as a user runs it (``spark-recover run ... [--resume]``):
     resume reuses, and computes only stages k..n with plain Spark (each stage
     written as parquet and read back, no sink, no ledger).
 
+Each resume's time is also split, from its own ledger record: Python start
+and exit, the Spark session's start, the stages it computed, and the rest
+(sinks, ledger, verification).
+
 R = T_f / T_t (the same figure the run reports, here measured from outside,
 JVM start included). Repetitions are interleaved (clean, then each k's resume
 and floor); reports median, min and max.
@@ -59,6 +63,14 @@ def _run(data: Path, root: Path, warehouse: Path, *extra: str) -> list[str]:
             "--root", str(root), *extra]
 
 
+def _breakdown(run, wall: float) -> dict[str, float]:
+    """Where a resume process's time went, from its own ledger record and the wall clock."""
+    session = run.metrics.get("session_seconds") or 0.0
+    stages = sum(s.seconds or 0.0 for s in run.stages.values() if not s.reused)
+    return {"python_start_and_exit": wall - session - run.total_seconds, "spark_session": session,
+            "computed_stages": stages, "sinks_and_bookkeeping": run.total_seconds - stages}
+
+
 def floor(root: str, first: str, data: str) -> None:
     """The floor process: read what the resume reuses, compute stages ``first``..n with plain Spark."""
     from spark_recover import checkpoint
@@ -98,6 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     from jobs.demo import generate
     from spark_recover.job import load_job
     from spark_recover.session import resolve_delta_jars
+    from spark_recover.testing import runs_of
 
     resolve_delta_jars()  # once; every process below inherits the resolved jars
     data = ROOT / "demo-data" / ("sources" if args.rows == 2_000_000 else f"sources-{args.rows}")
@@ -114,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     clean: list[float] = []
     resumed: dict[str, list[float]] = {k: [] for k in crash}
+    parts: dict[str, list[dict[str, float]]] = {k: [] for k in crash}
     floors: dict[str, list[float]] = {k: [] for k in crash}
     for i in range(args.repeat):
         clean.append(_timed(_run(data, work / f"clean-{i}" / "root", work / f"clean-{i}" / "warehouse")))
@@ -121,6 +135,7 @@ def main(argv: list[str] | None = None) -> dict:
             shutil.rmtree(work / k)
             shutil.copytree(work / f"{k}.crashed", work / k)
             resumed[k].append(_timed(_run(data, work / k / "root", work / k / "warehouse", "--resume")))
+            parts[k].append(_breakdown(runs_of(str(work / k / "root"))[-1], resumed[k][-1]))
             floors[k].append(_timed([sys.executable, "-m", "bench.crash_stages", "--floor", str(work / k / "root"),
                                      k, str(data)]))
     t_t = statistics.median(clean)
@@ -129,7 +144,9 @@ def main(argv: list[str] | None = None) -> dict:
         t_f, t_floor = statistics.median(resumed[k]), statistics.median(floors[k])
         result["stages"][k] = {"position": names.index(k) + 1, "resume": _stats(resumed[k]),
                                "floor": _stats(floors[k]), "R": round(t_f / t_t, 3),
-                               "R_floor": round(t_floor / t_t, 3), "over_floor_s": round(t_f - t_floor, 2)}
+                               "R_floor": round(t_floor / t_t, 3), "over_floor_s": round(t_f - t_floor, 2),
+                               "breakdown_s": {part: round(statistics.median(p[part] for p in parts[k]), 2)
+                                               for part in parts[k][0]}}
     save_results("crash_stages", result)
     shutil.rmtree(work, ignore_errors=True)
     return result
