@@ -5,12 +5,20 @@ is, after checking that Delta Lake is enabled in it. Otherwise a local session
 is built from settings, with the Delta jars resolved once from Maven Central by
 Spark's own resolver and cached: later sessions, and child processes (which
 inherit ``$SPARK_RECOVER_JARS``), start without running Ivy again.
+
+A locally built session also starts from a class-data sharing archive of the
+driver JVM (Java's AppCDS): the classes Spark loads for a Delta job, made once
+per machine, Java and pyspark (about 20 s, ~200 MB in the cache folder), then
+mapped by every driver. It saves ~4 s of each process's start and first query
+(15 s to 11 s for a small job here), which is most of a small resume.
+``SPARK_RECOVER_JVM_ARCHIVE=off`` turns it off.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -25,12 +33,13 @@ from typing import Iterator
 from .config import Settings
 from .errors import SessionError
 
-__all__ = ["get_spark", "resolve_delta_jars", "delta_coordinate", "local_confs"]
+__all__ = ["get_spark", "resolve_delta_jars", "delta_coordinate", "local_confs", "startup_archive"]
 
 _DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 _DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 _QUIET_LOG4J = Path(__file__).with_name("log4j2-quiet.properties")
 JARS_ENV = "SPARK_RECOVER_JARS"
+ARCHIVE_ENV = "SPARK_RECOVER_JVM_ARCHIVE"
 
 
 def delta_coordinate() -> str:
@@ -103,7 +112,8 @@ def _resolve_in_child() -> list[str]:
     return [p for p in lines[-1][len("JARS="):].split(",") if p]
 
 
-def _check_java() -> None:
+def _check_java() -> tuple[str, str]:
+    """The ``java`` Spark will start, and what its ``-version`` says; refuse Java older than 17."""
     java_home = os.environ.get("JAVA_HOME")
     java = os.path.join(java_home, "bin", "java") if java_home else shutil.which("java")
     if not java or not os.path.exists(java):
@@ -123,10 +133,14 @@ def _check_java() -> None:
                            f"Spark 4 needs Java 17 or newer, found {java} reporting "
                            f"version {major or 'unknown'}. Install OpenJDK 17 or set JAVA_HOME.",
                            java=java, major=major)
+    return java, out.stderr + out.stdout
 
 
-def local_confs(settings: Settings, jars: list[str]) -> dict[str, str]:
-    """Spark confs of a locally built session: Delta on, UI off, quiet, small shuffles."""
+def local_confs(settings: Settings, jars: list[str], archive: Path | None = None) -> dict[str, str]:
+    """Spark confs of a locally built session: Delta on, UI off, quiet, small shuffles.
+
+    ``archive``: a class-data sharing archive for the driver JVM (see :func:`startup_archive`).
+    """
     confs = {
         "spark.master": "local[*]",
         "spark.app.name": "spark-recover",
@@ -141,11 +155,68 @@ def local_confs(settings: Settings, jars: list[str]) -> dict[str, str]:
     }
     confs.update(settings.spark)
     java_options = confs.get("spark.driver.extraJavaOptions", "")
+    extra = []  # added to any JVM options the settings give
     if not settings.verbose and "log4j2.configurationFile" not in java_options:
-        # Quiet unless asked, keeping any JVM options the settings give.
-        confs["spark.driver.extraJavaOptions"] = \
-            f"{java_options} -Dlog4j2.configurationFile=file:{_QUIET_LOG4J}".strip()
+        extra.append(f"-Dlog4j2.configurationFile=file:{_QUIET_LOG4J}")  # quiet unless asked
+    if archive is not None and "SharedArchiveFile" not in java_options and "-Xshare" not in java_options:
+        extra += [f"-XX:SharedArchiveFile={archive}", "-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
+    if extra:
+        confs["spark.driver.extraJavaOptions"] = " ".join([java_options, *extra]).strip()
     return confs
+
+
+def _archive_path(java: str, version_text: str) -> Path:
+    import pyspark
+
+    key = "|".join([os.path.realpath(java), version_text, pyspark.__version__, os.path.dirname(pyspark.__file__)])
+    return _cache_dir() / f"jvm-classes-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsa"
+
+
+def _intact(archive: Path) -> bool:
+    """Made whole: a truncated archive would crash the JVM, so its size is kept beside it and compared."""
+    size = archive.with_suffix(".size")
+    try:
+        return archive.stat().st_size == int(size.read_text())
+    except (OSError, ValueError):
+        return False
+
+
+def startup_archive(java: str, version_text: str) -> Path | None:
+    """The driver JVM's class-data sharing archive for this Java and pyspark, made once; ``None`` if off or failed.
+
+    It is made in a child process that runs a small Delta workload and exits
+    normally (the JVM writes the archive at exit), under a file lock, then
+    checked by starting a JVM on it, and only then put in place. A failure
+    costs nothing but the speed-up.
+
+    >>> startup_archive("/usr/bin/java", 'openjdk version "17.0.15"')   # doctest: +SKIP
+    PosixPath('/root/.cache/spark-recover/jvm-classes-3f1c0e9a2b7d4e11.jsa')
+    """
+    if os.environ.get(ARCHIVE_ENV, "").lower() in ("off", "0", "false", "no"):
+        return None
+    archive = _archive_path(java, version_text)
+    if _intact(archive):
+        return archive
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    with open(archive.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not _intact(archive):
+            tmp = archive.with_suffix(f".tmp-{os.getpid()}")
+            print(f"spark-recover: making a class-data archive of the Spark driver JVM, once (about 20 s): "
+                  f"{archive}", file=sys.stderr, flush=True)
+            try:
+                made = subprocess.run([sys.executable, "-m", "spark_recover.session", "--archive", str(tmp)],
+                                      capture_output=True, timeout=300).returncode == 0
+                made = made and tmp.is_file() and subprocess.run(
+                    [java, f"-XX:SharedArchiveFile={tmp}", "-version"], capture_output=True).returncode == 0
+                if made:
+                    archive.with_suffix(".size").write_text(str(tmp.stat().st_size))
+                    tmp.replace(archive)
+            except (OSError, subprocess.SubprocessError):
+                pass
+            finally:
+                tmp.unlink(missing_ok=True)
+    return archive if _intact(archive) else None
 
 
 @contextlib.contextmanager
@@ -199,10 +270,10 @@ def get_spark(settings: Settings):
     if active is not None:
         _check_delta_enabled(active)
         return active
-    _check_java()
+    java, version_text = _check_java()
     jars = resolve_delta_jars()
     builder = SparkSession.builder
-    for key, value in local_confs(settings, jars).items():
+    for key, value in local_confs(settings, jars, startup_archive(java, version_text)).items():
         builder = builder.config(key, value)
     log = None if settings.verbose else Path(tempfile.gettempdir()) / "spark-recover" / f"driver-{os.getpid()}.log"
     try:
@@ -225,5 +296,35 @@ def _resolve_main() -> None:
     print("JARS=" + jars, flush=True)
 
 
+def _archive_main(path: str) -> None:
+    """Run the classes a Delta job loads through a driver JVM that writes them to ``path`` at exit."""
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+    from pyspark.sql import functions as F
+
+    confs = local_confs(Settings(), resolve_delta_jars())
+    confs["spark.driver.extraJavaOptions"] += f" -XX:ArchiveClassesAtExit={path}"
+    builder = SparkSession.builder
+    for key, value in confs.items():
+        builder = builder.config(key, value)
+    with _jvm_output_to(Path(os.devnull)):
+        spark = builder.getOrCreate()
+    work = tempfile.mkdtemp(prefix="spark-recover-archive-")
+    df = spark.range(1000).select("id", (F.col("id") % 7).alias("k"), F.col("id").cast("string").alias("s"))
+    df.write.format("delta").save(f"{work}/t")
+    df.write.parquet(f"{work}/p")
+    spark.sql(f"MERGE INTO delta.`{work}/t` t USING (SELECT * FROM parquet.`{work}/p`) u ON t.id = u.id "
+              "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *")
+    spark.read.format("delta").load(f"{work}/t").groupBy("k").agg(F.sum("id")).join(df, "k").count()
+    spark.sql(f"RESTORE TABLE delta.`{work}/t` TO VERSION AS OF 0")
+    proc = SparkContext._gateway.proc  # the JVM: it writes the archive as it exits
+    spark.stop()
+    proc.stdin.close()
+    proc.wait(timeout=120)
+    shutil.rmtree(work, ignore_errors=True)
+
+
 if __name__ == "__main__" and sys.argv[1:] == ["--resolve"]:
     _resolve_main()
+elif __name__ == "__main__" and sys.argv[1:2] == ["--archive"]:
+    _archive_main(sys.argv[2])
