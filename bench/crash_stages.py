@@ -10,8 +10,10 @@ a fresh process as a user runs it (``spark-recover run ... [--resume]``):
   * ``T_f``: ``run --resume``, start to exit: it reuses stages 1..k-1 and
     computes the rest, with checkpoints and the three sinks;
   * the floor: a process that starts the same Spark, reads the outputs the
-    resume reuses, and computes only stages k..n with plain Spark (each stage
-    written as parquet and read back, no sink, no ledger).
+    resume reuses, computes only stages k..n with plain Spark (each stage
+    written as parquet and read back) and writes the three sink stages'
+    outputs to new Delta tables with plain ``df.write`` (no ledger, no
+    exactly-once bookkeeping).
 
 Each resume's time is also split, from its own ledger record: Python start
 and exit, the Spark session's start, the stages it computed, and the rest
@@ -72,7 +74,7 @@ def _breakdown(run, wall: float) -> dict[str, float]:
 
 
 def floor(root: str, first: str, data: str) -> None:
-    """The floor process: read what the resume reuses, compute stages ``first``..n with plain Spark."""
+    """The floor process: read what the resume reuses, compute stages ``first``..n and write the sinks, plainly."""
     from spark_recover import checkpoint
     from spark_recover.config import load_settings
     from spark_recover.job import load_job
@@ -98,6 +100,8 @@ def floor(root: str, first: str, data: str) -> None:
             kwargs["spark"] = spark
         stage.func(**kwargs).write.parquet(str(out / stage.name))
         frames[stage.name] = spark.read.parquet(str(out / stage.name))
+    for sink in job.sinks:  # the job's outputs, written as a job without spark-recover would: plain Delta writes
+        frames[sink.stage].write.format("delta").save(str(out / "sinks" / sink.stage))
     shutil.rmtree(out, ignore_errors=True)
 
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import urllib.parse
+import uuid
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -194,7 +195,7 @@ def write(df, location: str, metadata: Mapping[str, Any], layout: Storage) -> Wr
         raise CheckpointError("checkpoint location already holds a table",
                               f"expected no Delta table at {location} (each run writes its own), found one",
                               location=location)
-    counted = Observation("spark_recover_checkpoint")
+    counted = Observation(f"spark_recover_rows_{uuid.uuid4().hex}")  # unique: jobs may share a session
     df.observe(counted, F.count(F.lit(1)).alias("rows")).write.mode("overwrite").parquet(spark_uri(location))
     files = [info for info in fs.get_file_info(pafs.FileSelector(base))
              if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")
