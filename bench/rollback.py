@@ -1,6 +1,7 @@
 """Rollback time against table size: RESTORE should be metadata-only.
 
-For each size (100 thousand, 1 million and 10 million rows), side by side in one process:
+For each size (100 thousand, 1 million and 10 million rows), side by side in one process, each size with
+a ledger of its own (the same history, only the size differs):
 write the table, take a named recovery point, append a batch as a run would,
 then time ``spark_recover.rollback(point=...)`` (a delta-rs restore + verification
 + ledger journal), and, for comparison, Spark's ``RESTORE TABLE`` of the same
@@ -35,7 +36,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     spark = get_spark(Settings(spark={**TEST_SPARK_CONFS, "spark.driver.memory": "4g"}))
     work = Path(tempfile.mkdtemp(prefix="spark-recover-bench-rollback-"))
-    root = str(work / "root")
     sizes = [int(s) for s in args.sizes.split(",")]
     tables = {}
     for n in sizes:
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> dict:
     for i in range(args.repeat):
         for n in sizes:  # interleaved: every size sees the same machine noise
             name = f"p{n}-{i}"
+            root = str(work / f"root-{n}")  # a ledger per size: each sees the same history, only the size differs
             spark_recover.create_point(name, [tables[n]], root=root)
             append(n)
             t0 = time.perf_counter()

@@ -51,11 +51,6 @@ class Written:
     bytes: int | None
 
 
-def _int(metrics: Mapping[str, Any], key: str) -> int | None:
-    value = (metrics or {}).get(key)
-    return int(value) if value is not None else None
-
-
 def _children(data_type) -> list:
     """The types directly inside an array or a map."""
     from pyspark.sql import types as T

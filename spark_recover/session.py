@@ -8,7 +8,7 @@ inherit ``$SPARK_RECOVER_JARS``), start without running Ivy again.
 
 A locally built session also starts from a class-data sharing archive of the
 driver JVM (Java's AppCDS): the classes Spark loads for a Delta job, made once
-per machine, Java and pyspark (about 20 s, ~200 MB in the cache folder), then
+per machine, Java and pyspark (about 30 s, ~190 MB in the cache folder), then
 mapped by every driver. It saves ~4 s of each process's start and first query
 (15 s to 11 s for a small job here), which is most of a small resume.
 ``SPARK_RECOVER_JVM_ARCHIVE=off`` turns it off.
@@ -202,7 +202,7 @@ def startup_archive(java: str, version_text: str) -> Path | None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not _intact(archive):
             tmp = archive.with_suffix(f".tmp-{os.getpid()}")
-            print(f"spark-recover: making a class-data archive of the Spark driver JVM, once (about 20 s): "
+            print(f"spark-recover: making a class-data archive of the Spark driver JVM, once (about 30 s): "
                   f"{archive}", file=sys.stderr, flush=True)
             try:
                 made = subprocess.run([sys.executable, "-m", "spark_recover.session", "--archive", str(tmp)],
