@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in one process, then ``bench/results/latest.json`` and ``latest.md``.
 
-    .venv/bin/python -m bench            # the default sizes (under 15 minutes on 2 cores)
+    .venv/bin/python -m bench            # the default sizes (about 17 minutes on 2 cores)
     .venv/bin/python -m bench --large    # 10M-row orders for the job, larger tables, 2M-row crash runs
 
 Each part compares its ways side by side, interleaved: in this one warm JVM,
