@@ -93,12 +93,7 @@ def floor(root: str, first: str, data: str) -> None:
         frames[name] = checkpoint.read(spark, rec.checkpoint, rec.version, layout)
     out = Path(tempfile.mkdtemp(prefix="spark-recover-floor-"))
     for stage in job.stages[names.index(first):]:
-        kwargs = {i: frames[i] for i in stage.inputs}
-        if stage.wants_params:
-            kwargs["params"] = {}
-        if stage.wants_spark:
-            kwargs["spark"] = spark
-        stage.func(**kwargs).write.parquet(str(out / stage.name))
+        stage.call(frames.__getitem__, {}, spark).write.parquet(str(out / stage.name))
         frames[stage.name] = spark.read.parquet(str(out / stage.name))
     for sink in job.sinks:  # the job's outputs, written as a job without spark-recover would: plain Delta writes
         frames[sink.stage].write.format("delta").save(str(out / "sinks" / sink.stage))

@@ -47,12 +47,7 @@ def _stage_frames(job, spark, data: str, keep):
     """Run the job's stages in order with plain Spark; ``keep(name, df)`` materialises each output."""
     frames = {s.name: spark.read.format("delta").load(f"{data}/{s.name}") for s in job.sources}
     for stage in job.stages:
-        kwargs = {i: frames[i] for i in stage.inputs}
-        if stage.wants_params:
-            kwargs["params"] = {}
-        if stage.wants_spark:
-            kwargs["spark"] = spark
-        frames[stage.name] = keep(stage.name, stage.func(**kwargs))
+        frames[stage.name] = keep(stage.name, stage.call(frames.__getitem__, {}, spark))
 
 
 def _table_bytes(location: str) -> int:

@@ -71,6 +71,18 @@ class Stage:
     wants_spark: bool
     visible_params: frozenset[str] | None
 
+    def call(self, frame: Callable[[str], Any], params: Mapping[str, Any], spark: Any) -> Any:
+        """Run the stage: each input by name from ``frame``, plus ``params`` and ``spark`` if it asks.
+
+        >>> stage.call({"orders": orders_df}.__getitem__, {}, spark)   # doctest: +SKIP
+        """
+        kwargs = {name: frame(name) for name in self.inputs}
+        if self.wants_params:
+            kwargs["params"] = params
+        if self.wants_spark:
+            kwargs["spark"] = spark
+        return self.func(**kwargs)
+
 
 SINK_MODES = ("append", "overwrite", "replace_where", "merge")
 

@@ -358,12 +358,7 @@ def _execute(ctx: RunContext, spark, plans: list[StagePlan], pins: Mapping[str, 
         location = ctx.layout.checkpoint(job.name, ctx.params_key, plan.name, ctx.run_id)
         t0 = time.monotonic()
         try:
-            kwargs = {i: frame(i) for i in plan.stage.inputs}
-            if plan.stage.wants_params:
-                kwargs["params"] = MappingProxyType(dict(ctx.params))
-            if plan.stage.wants_spark:
-                kwargs["spark"] = spark
-            out = plan.stage.func(**kwargs)
+            out = plan.stage.call(frame, MappingProxyType(dict(ctx.params)), spark)
             _check_dataframe(plan.name, out)
             written = checkpoint.write(out, location, {"run_id": ctx.run_id, "stage": plan.name,
                                                        "fingerprint": plan.fingerprint}, ctx.layout)
