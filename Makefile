@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test soak setup bench clean
+.PHONY: demo test soak test-cluster setup bench clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,11 @@ KILLS ?= 20
 soak: $(STAMP)
 	$(BIN)/python -m pytest -m soak
 	$(BIN)/python tests/soak.py --kills $(KILLS)
+
+# A standalone master and two workers plus an S3 server (moto) on localhost: the demo job through
+# spark-submit with root, sources and sinks on S3 (clean, executor killed, driver killed + resume, rollback).
+test-cluster: $(STAMP)
+	$(BIN)/python -m pytest -m cluster -s -p no:cacheprovider tests/test_cluster.py
 
 # Benchmarks side by side (bench/results/latest.json and latest.md); BENCH=--large for bigger sizes.
 bench: $(STAMP)

@@ -41,8 +41,9 @@ def generate(data: Path, rows: int) -> None:
     """Deterministic sources: orders (``rows``), customers (200k), products (1k)."""
     from pyspark.sql import functions as F
 
-    from spark_recover.session import get_spark
+    from spark_recover.session import attached, get_spark
 
+    ours = not attached()  # a session someone else made (a test's) is left running
     spark = get_spark(Settings(spark={"spark.master": "local[2]", "spark.sql.shuffle.partitions": "4",
                                       "spark.driver.memory": "2g"}))
 
@@ -68,7 +69,8 @@ def generate(data: Path, rows: int) -> None:
         F.concat(F.lit("category-"), h("id", 8, 8).cast("string")).alias("category"),
         F.round(1 + h("id", 9, 10_000) / 100.0, 2).alias("unit_price"))
      .write.format("delta").mode("overwrite").save(str(data / "products")))
-    spark.stop()
+    if ours:
+        spark.stop()
     (data / "ROWS").write_text(str(rows))
 
 

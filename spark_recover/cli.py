@@ -121,6 +121,9 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("run_id")
     show.add_argument("--json", action="store_true")
     _common(show)
+    jars = sub.add_parser("jars", help="print the local paths of the jars spark-submit needs (resolved once, cached)")
+    jars.add_argument("--s3a", action="store_true", help="also Hadoop's S3A connector and the AWS SDK modules it uses")
+    _common(jars)
     return parser
 
 
@@ -262,7 +265,14 @@ def _cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"run": _cmd_run, "resume": _cmd_resume, "redo": _cmd_redo, "rollback": _cmd_rollback,
+def _cmd_jars(args: argparse.Namespace) -> int:
+    from .session import resolve_delta_jars, resolve_s3a_jars
+
+    print(",".join(resolve_delta_jars() + (resolve_s3a_jars() if args.s3a else [])))
+    return 0
+
+
+_COMMANDS = {"jars": _cmd_jars, "run": _cmd_run, "resume": _cmd_resume, "redo": _cmd_redo, "rollback": _cmd_rollback,
              "point": _cmd_point, "gc": _cmd_gc, "drill": _cmd_drill, "runs": _cmd_runs, "show": _cmd_show}
 
 

@@ -17,7 +17,13 @@ The TOML file has three tables::
     "spark.master" = "local[*]"
     "spark.driver.memory" = "4g"
 
-    [storage_options]              # handed to delta-rs for JVM-free ledger access
+    [storage_options]              # the object store, in delta-rs's spelling; Spark's S3A
+    AWS_ENDPOINT_URL = "http://127.0.0.1:9000"     # settings are derived from these
+    AWS_REGION = "us-east-1"
+
+For an S3 root, ``AWS_*`` environment variables (endpoint, region, keys) fill
+in what the file does not set; see :func:`spark_recover.storage.with_s3_defaults`.
+``$SPARK_RECOVER_SHARED_ROOT=1`` declares a local root shared, like ``shared_root``.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import UsageError
+from .storage import is_s3, with_s3_defaults
 
 __all__ = ["Settings", "load_settings", "DEFAULT_CONF_FILE"]
 
@@ -49,6 +56,7 @@ class Settings:
     spark: Mapping[str, str] = dataclasses.field(default_factory=dict)
     storage_options: Mapping[str, str] = dataclasses.field(default_factory=dict)
     sink_root: str | None = None  # a drill's scratch area: path sinks are redirected under it
+    shared_root: bool = False  # a local root every node of a cluster sees (declared by the user)
     verbose: bool = False
     conf_file: str | None = None
 
@@ -57,7 +65,7 @@ class Settings:
 
 
 _RECOVER_KEYS = {"root": str, "heartbeat_seconds": (int, float), "dead_after_seconds": (int, float),
-                 "sink_root": str}
+                 "sink_root": str, "shared_root": bool}
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -84,10 +92,11 @@ def _from_toml(data: dict[str, Any], path: Path) -> dict[str, Any]:
             raise UsageError("unknown setting in configuration file",
                              f"{path}: [recover] {key!r}; expected one of {sorted(_RECOVER_KEYS)}",
                              path=str(path), key=key)
-        if not isinstance(value, _RECOVER_KEYS[key]) or isinstance(value, bool):
+        wanted = _RECOVER_KEYS[key]
+        if not isinstance(value, wanted) or (isinstance(value, bool) and wanted is not bool):
             raise UsageError("setting has the wrong type",
                              f"{path}: [recover] {key} = {value!r}", path=str(path), key=key)
-        out[key] = value if isinstance(value, str) else float(value)
+        out[key] = value if isinstance(value, (str, bool)) else float(value)
     for table in ("spark", "storage_options"):
         section = data.get(table, {})
         if not isinstance(section, dict):
@@ -125,5 +134,10 @@ def load_settings(conf_file: str | os.PathLike[str] | None = None, root: str | N
         values["root"] = root or env_root
     if os.environ.get("SPARK_RECOVER_SINK_ROOT"):
         values["sink_root"] = os.environ["SPARK_RECOVER_SINK_ROOT"]
+    if os.environ.get("SPARK_RECOVER_SHARED_ROOT", "").lower() in ("1", "true", "yes"):
+        values["shared_root"] = True
+    options = values.get("storage_options", {})
+    if is_s3(values.get("root", "")) or any(k.lower().startswith("aws_") for k in options):
+        values["storage_options"] = with_s3_defaults(options, os.environ)
     values["verbose"] = verbose
     return Settings(**values)

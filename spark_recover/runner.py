@@ -26,7 +26,7 @@ from typing import Any, Callable, Collection, Mapping
 
 from dataclasses import dataclass, field
 
-from . import __version__, checkpoint, failpoints, lease, publication, sinks, sources
+from . import __version__, checkpoint, failpoints, lease, publication, session, sinks, sources
 from .config import Settings, load_settings
 from .errors import RecoverError, RefusedError, StageError, UsageError
 from .fingerprint import digest
@@ -35,7 +35,7 @@ from .ledger import Heartbeat, Ledger, RunRecord, apply_event, this_process
 from .plan import StagePlan, plan_run
 from .publication import SinkTarget
 from .report import params_text, run_html, run_text
-from .storage import Layout, canonical
+from .storage import Layout, canonical, is_local
 
 __all__ = ["RunResult", "run_job", "resume_job", "resume_command", "replay_choice"]
 
@@ -181,6 +181,22 @@ def _check_replayable(ctx: RunContext, origin: RunRecord) -> list[RunRecord]:
     return ctx.ledger.lineage(fresh, runs)
 
 
+def _check_cluster_storage(ctx: RunContext, master: str, targets: list[SinkTarget]) -> None:
+    """Refuse a local folder as root or sink on a cluster: each node would write its own disk."""
+    if master.startswith("local") and not master.startswith("local-cluster") or ctx.settings.shared_root:
+        return
+    local = [("root", ctx.layout.root)] if is_local(ctx.layout.root) else []
+    local += [(f"sink {t.sink.stage!r}", t.table) for t in targets if not t.target.catalog and is_local(t.table)]
+    if local:
+        raise UsageError(
+            f"a local folder on a cluster (master {master})",
+            "expected the root and path sinks on storage every node shares (s3a://, hdfs://, abfss://, gs://), "
+            "found " + ", ".join(f"{what} {where!r}" for what, where in local) + ": each executor would write "
+            "its own disk. Set --root (or SPARK_RECOVER_ROOT) to shared storage, or, if that folder is "
+            "mounted on every node (NFS), declare it with `shared_root = true` under [recover] or "
+            "SPARK_RECOVER_SHARED_ROOT=1", master=master, locations=[w for _, w in local])
+
+
 def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
             settings: Settings | None = None, spark=None, resume_from: RunRecord | None = None,
             rerun: Collection[str] = (), refresh_sources: bool = False,
@@ -201,6 +217,10 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
     job.downstream(list(rerun))  # validates the names
     targets = publication.resolve_sinks(job, ctx.params, ctx.layout, ctx.settings.sink_root)
     lineage = _check_replayable(ctx, resume_from) if resume_from is not None else []
+    if spark is None and session.attached():
+        spark = session.get_spark(ctx.settings)  # spark-submit made it: cheap, and it says where we run
+    _check_cluster_storage(ctx, session.master(spark) if spark is not None else
+                           ctx.settings.spark.get("spark.master", "local[*]"), targets)
 
     ctx.claim = lease.claim(ctx.ledger, job.name, ctx.params_key, ctx.run_id, {
         "params": ctx.params, "params_key": ctx.params_key, "job_file": job.file, "stages": stage_names,
@@ -214,8 +234,7 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
     started = time.monotonic()
     try:
         if spark is None:
-            from .session import get_spark
-            spark = get_spark(ctx.settings)
+            spark = session.get_spark(ctx.settings)
         session_seconds = time.monotonic() - started
         started = time.monotonic()  # the run's clock excludes starting the JVM
         chain = _origin_chain(resume_from, lineage)

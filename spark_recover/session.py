@@ -32,13 +32,22 @@ from typing import Iterator
 
 from .config import Settings
 from .errors import SessionError
+from .storage import hadoop_confs, is_s3
 
-__all__ = ["get_spark", "resolve_delta_jars", "delta_coordinate", "local_confs", "startup_archive"]
+__all__ = ["get_spark", "resolve_delta_jars", "resolve_s3a_jars", "s3a_coordinates", "delta_coordinate", "local_confs",
+           "startup_archive", "master", "attached"]
 
 _DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 _DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 _QUIET_LOG4J = Path(__file__).with_name("log4j2-quiet.properties")
 JARS_ENV = "SPARK_RECOVER_JARS"
+S3A_JARS_ENV = "SPARK_RECOVER_S3A_JARS"
+# The AWS SDK v2 release each Hadoop's S3A connector is built with (hadoop-project's pom).
+# S3A needs only a few of its modules: these 52 jars weigh 19 MB, the SDK's `bundle` 686 MB.
+_AWS_SDK_OF_HADOOP = {"3.5.0": "2.35.4", "3.4.2": "2.29.52", "3.4.1": "2.24.6"}
+_S3A_SDK_MODULES = ("s3", "s3-transfer-manager", "sts")
+# What pyspark already ships: the SDK modules' copies would only shadow or clash.
+_PROVIDED_BY_SPARK = ("io.netty_", "org.slf4j_", "org.apache.httpcomponents_", "commons-codec_", "commons-logging_")
 ARCHIVE_ENV = "SPARK_RECOVER_JVM_ARCHIVE"
 
 
@@ -58,12 +67,6 @@ def _cache_dir() -> Path:
     return Path(base)
 
 
-def _jar_list_file() -> Path:
-    spark_v = importlib.metadata.version("pyspark")
-    delta_v = importlib.metadata.version("delta-spark")
-    return _cache_dir() / f"jars-spark{spark_v}-delta{delta_v}.json"
-
-
 def _existing(paths: list[str]) -> bool:
     return bool(paths) and all(os.path.isfile(re.sub(r"^file:(//)?", "", p)) for p in paths)
 
@@ -80,35 +83,85 @@ def resolve_delta_jars() -> list[str]:
     >>> any("delta-spark" in j for j in jars)   # doctest: +SKIP
     True
     """
-    from_env = [p for p in os.environ.get(JARS_ENV, "").split(",") if p]
+    spark_v = importlib.metadata.version("pyspark")
+    delta_v = importlib.metadata.version("delta-spark")
+    return _resolved(JARS_ENV, f"jars-spark{spark_v}-delta{delta_v}.json", "--resolve", delta_coordinate())
+
+
+def _hadoop_version() -> str:
+    import pyspark
+
+    jars = Path(pyspark.__file__).parent / "jars"
+    found = sorted(jars.glob("hadoop-client-api-*.jar"))
+    if not found:
+        raise SessionError("cannot tell which Hadoop pyspark bundles",
+                           f"expected a hadoop-client-api-<version>.jar in {jars}")
+    return found[-1].name[len("hadoop-client-api-"):-len(".jar")]
+
+
+def s3a_coordinates() -> tuple[list[str], list[str]]:
+    """Maven coordinates of Hadoop's S3A connector for this pyspark, and the ones to exclude.
+
+    ``hadoop-aws`` at the version of the Hadoop pyspark bundles, with the AWS
+    SDK modules S3A uses instead of the SDK's 686 MB ``bundle`` jar (for a
+    Hadoop release not in our table: the bundle, which always works).
+
+    >>> s3a_coordinates()   # doctest: +SKIP
+    (['org.apache.hadoop:hadoop-aws:3.5.0', 'software.amazon.awssdk:s3:2.35.4', ...], ['software.amazon.awssdk:bundle'])
+    """
+    hadoop = _hadoop_version()
+    sdk = _AWS_SDK_OF_HADOOP.get(hadoop)
+    if sdk is None:
+        return [f"org.apache.hadoop:hadoop-aws:{hadoop}"], []
+    return ([f"org.apache.hadoop:hadoop-aws:{hadoop}"] + [f"software.amazon.awssdk:{m}:{sdk}" for m in _S3A_SDK_MODULES],
+            ["software.amazon.awssdk:bundle"])
+
+
+def resolve_s3a_jars() -> list[str]:
+    """Local paths of the S3A connector's jars (see :func:`s3a_coordinates`), resolved once and cached.
+
+    Like :func:`resolve_delta_jars`: Spark's resolver in a child, under the
+    same lock; exported in ``$SPARK_RECOVER_S3A_JARS`` for child processes.
+
+    >>> any("hadoop-aws" in j for j in resolve_s3a_jars())   # doctest: +SKIP
+    True
+    """
+    packages, _ = s3a_coordinates()
+    jars = _resolved(S3A_JARS_ENV, f"jars-{packages[0].split(':', 1)[1].replace(':', '-')}.json", "--resolve-s3a",
+                     packages[0])
+    return [j for j in jars if not os.path.basename(j).startswith(_PROVIDED_BY_SPARK)]
+
+
+def _resolved(env: str, listing_name: str, flag: str, coordinate: str) -> list[str]:
+    from_env = [p for p in os.environ.get(env, "").split(",") if p]
     if _existing(from_env):
         return from_env
-    listing = _jar_list_file()
+    listing = _cache_dir() / listing_name
     listing.parent.mkdir(parents=True, exist_ok=True)
-    with open(listing.with_suffix(".lock"), "w") as lock:
+    with open(_cache_dir() / "jars.lock", "w") as lock:  # one Ivy resolution at a time, whatever it resolves
         fcntl.flock(lock, fcntl.LOCK_EX)
         jars = json.loads(listing.read_text()) if listing.is_file() else []
         if not _existing(jars):
-            jars = _resolve_in_child()
+            jars = _resolve_in_child(env, flag, coordinate)
             tmp = listing.with_suffix(".tmp")
             tmp.write_text(json.dumps(jars))
             tmp.replace(listing)
-    os.environ[JARS_ENV] = ",".join(jars)
+    os.environ[env] = ",".join(jars)
     return jars
 
 
-def _resolve_in_child() -> list[str]:
-    proc = subprocess.run([sys.executable, "-m", "spark_recover.session", "--resolve"],
-                          capture_output=True, text=True, env={**os.environ, JARS_ENV: ""})
+def _resolve_in_child(env: str, flag: str, coordinate: str) -> list[str]:
+    proc = subprocess.run([sys.executable, "-m", "spark_recover.session", flag],
+                          capture_output=True, text=True, env={**os.environ, env: ""})
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("JARS=")]
     if proc.returncode != 0 or not lines:
         tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-15:])
         raise SessionError(
-            "could not resolve the Delta Lake jars",
-            f"expected Spark's resolver to fetch {delta_coordinate()} from Maven Central "
+            f"could not resolve the jars of {coordinate}",
+            f"expected Spark's resolver to fetch {coordinate} from Maven Central "
             f"(cached in ~/.ivy2.5.2); it failed:\n{tail}\n"
-            f"Check network access to Maven Central, or set {JARS_ENV} to a comma-separated "
-            "list of the Delta jars.", coordinate=delta_coordinate())
+            f"Check network access to Maven Central, or set {env} to a comma-separated "
+            "list of the jars.", coordinate=coordinate)
     return [p for p in lines[-1][len("JARS="):].split(",") if p]
 
 
@@ -153,6 +206,7 @@ def local_confs(settings: Settings, jars: list[str], archive: Path | None = None
         "spark.databricks.delta.snapshotPartitions": "2",
         "spark.sql.session.timeZone": "UTC",
     }
+    confs.update({f"spark.hadoop.{k}": v for k, v in hadoop_confs(settings.storage_options).items()})
     confs.update(settings.spark)
     java_options = confs.get("spark.driver.extraJavaOptions", "")
     extra = []  # added to any JVM options the settings give
@@ -252,6 +306,35 @@ def _check_delta_enabled(spark) -> None:
             f"--conf spark.sql.catalog.spark_catalog={_DELTA_CATALOG}")
 
 
+def _needs_s3a(settings: Settings) -> bool:
+    return is_s3(settings.root) or bool(hadoop_confs(settings.storage_options))
+
+
+def _set_storage_confs(spark, settings: Settings) -> None:
+    """Give a session we did not build the S3A settings of the root's storage options it lacks.
+
+    Session confs reach every Hadoop configuration Spark SQL and Delta make, on
+    the driver and in tasks; what the user set (``--conf spark.hadoop.fs.s3a.*``) wins.
+    """
+    for key, value in hadoop_confs(settings.storage_options).items():
+        if spark.conf.get(f"spark.hadoop.{key}", None) is None and spark.conf.get(key, None) is None:
+            spark.conf.set(key, value)
+
+
+def attached() -> bool:
+    """True when a session already exists for this process (spark-submit, a notebook, a test fixture)."""
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    return (SparkSession.getActiveSession() is not None or SparkContext._active_spark_context is not None
+            or bool(os.environ.get("PYSPARK_GATEWAY_PORT")))
+
+
+def master(spark) -> str:
+    """The session's master URL (``local[*]``, ``spark://...``, ``yarn``...)."""
+    return spark.conf.get("spark.master", None) or "local[*]"
+
+
 def get_spark(settings: Settings):
     """Return the active SparkSession (checked for Delta), or build a local one.
 
@@ -269,9 +352,10 @@ def get_spark(settings: Settings):
         active = SparkSession.builder.getOrCreate()
     if active is not None:
         _check_delta_enabled(active)
+        _set_storage_confs(active, settings)
         return active
     java, version_text = _check_java()
-    jars = resolve_delta_jars()
+    jars = resolve_delta_jars() + (resolve_s3a_jars() if _needs_s3a(settings) else [])
     builder = SparkSession.builder
     for key, value in local_confs(settings, jars, startup_archive(java, version_text)).items():
         builder = builder.config(key, value)
@@ -284,13 +368,20 @@ def get_spark(settings: Settings):
                            f"{exc}" + (f"\nThe JVM's output is in {log}" if log else "")) from exc
 
 
-def _resolve_main() -> None:
+def _resolve_main(s3a: bool) -> None:
     from delta.pip_utils import configure_spark_with_delta_pip
     from pyspark.sql import SparkSession
 
     builder = (SparkSession.builder.master("local[1]").appName("spark-recover-resolve")
                .config("spark.ui.enabled", "false"))
-    spark = configure_spark_with_delta_pip(builder).getOrCreate()
+    if s3a:
+        packages, excludes = s3a_coordinates()
+        builder = builder.config("spark.jars.packages", ",".join(packages))
+        if excludes:
+            builder = builder.config("spark.jars.excludes", ",".join(excludes))
+    else:
+        builder = configure_spark_with_delta_pip(builder)
+    spark = builder.getOrCreate()
     jars = spark.sparkContext.getConf().get("spark.jars", "")
     spark.stop()
     print("JARS=" + jars, flush=True)
@@ -324,7 +415,7 @@ def _archive_main(path: str) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["--resolve"]:
-    _resolve_main()
+if __name__ == "__main__" and sys.argv[1:2] in (["--resolve"], ["--resolve-s3a"]):
+    _resolve_main(sys.argv[1] == "--resolve-s3a")
 elif __name__ == "__main__" and sys.argv[1:2] == ["--archive"]:
     _archive_main(sys.argv[2])

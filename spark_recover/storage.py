@@ -17,8 +17,8 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Mapping
 
-__all__ = ["Layout", "Target", "Storage", "spark_uri", "native_uri", "canonical", "is_local", "filesystem", "open_delta",
-           "read_delta", "delete_tree"]
+__all__ = ["Layout", "Target", "Storage", "spark_uri", "native_uri", "canonical", "is_local", "is_s3", "filesystem",
+           "open_delta", "read_delta", "delete_tree", "hadoop_confs", "with_s3_defaults"]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 # Hadoop scheme -> the scheme delta-rs / pyarrow use for the same store.
@@ -29,6 +29,11 @@ _NATIVE_SCHEMES = {"s3a": "s3", "s3n": "s3", "gs": "gs", "abfss": "abfss", "abfs
 def is_local(location: str) -> bool:
     """True for a plain path or a ``file:`` URI."""
     return not _SCHEME.match(location) or location.startswith("file:")
+
+
+def is_s3(location: str) -> bool:
+    """True for an S3 location in Hadoop's or delta-rs's spelling (``s3a://``, ``s3://``)."""
+    return location.lower().startswith(("s3a://", "s3://", "s3n://"))
 
 
 def _local_path(location: str) -> str:
@@ -85,6 +90,56 @@ _S3_OPTIONS = {  # delta-rs storage option -> pyarrow S3FileSystem argument
     "aws_access_key_id": "access_key", "aws_secret_access_key": "secret_key",
     "aws_session_token": "session_token", "aws_region": "region", "aws_endpoint_url": "endpoint_override",
     "aws_endpoint": "endpoint_override"}
+
+
+_S3A_CONFS = {  # delta-rs storage option -> the Hadoop S3A setting Spark needs for the same store
+    "aws_access_key_id": "fs.s3a.access.key", "aws_secret_access_key": "fs.s3a.secret.key",
+    "aws_session_token": "fs.s3a.session.token", "aws_region": "fs.s3a.endpoint.region",
+    "aws_endpoint_url": "fs.s3a.endpoint", "aws_endpoint": "fs.s3a.endpoint"}
+# What the environment may give, as delta-rs and the AWS SDKs name it.
+_S3_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+           "AWS_ALLOW_HTTP")
+
+
+def with_s3_defaults(storage_options: Mapping[str, str], environ: Mapping[str, str]) -> dict[str, str]:
+    """The root's storage options, completed for S3 from the environment and made safe for commits.
+
+    Keys the options do not set are taken from ``AWS_*`` variables of ``environ``;
+    an ``http://`` endpoint allows plain HTTP; and commits are made with S3
+    conditional writes (``If-None-Match``, delta-rs ``aws_conditional_put=etag``),
+    which is what makes concurrent commits to the ledger safe on S3.
+
+    >>> with_s3_defaults({"AWS_ENDPOINT_URL": "http://127.0.0.1:5000"}, {"AWS_REGION": "eu-west-1"})["AWS_ALLOW_HTTP"]
+    'true'
+    """
+    opts = dict(storage_options)
+    given = {k.lower() for k in opts}
+    opts.update({k: environ[k] for k in _S3_ENV if environ.get(k) and k.lower() not in given})
+    lower = {k.lower(): v for k, v in opts.items()}
+    endpoint = lower.get("aws_endpoint_url") or lower.get("aws_endpoint") or ""
+    if endpoint.startswith("http://") and "aws_allow_http" not in lower:
+        opts["AWS_ALLOW_HTTP"] = "true"
+    if "aws_conditional_put" not in lower and "conditional_put" not in lower:
+        opts["aws_conditional_put"] = "etag"
+    return opts
+
+
+def hadoop_confs(storage_options: Mapping[str, str] | None) -> dict[str, str]:
+    """The Hadoop S3A settings that reach the same store as delta-rs's ``storage_options``.
+
+    An explicit endpoint gets path-style access (what S3-compatible servers
+    expect, and delta-rs's default) unless virtual-hosted style is asked for.
+
+    >>> hadoop_confs({"AWS_ENDPOINT_URL": "http://127.0.0.1:5000", "AWS_REGION": "us-east-1"})
+    {'fs.s3a.endpoint.region': 'us-east-1', 'fs.s3a.endpoint': 'http://127.0.0.1:5000', 'fs.s3a.path.style.access': 'true'}
+    """
+    opts = {k.lower(): v for k, v in (storage_options or {}).items()}
+    confs = {conf: opts[key] for key, conf in _S3A_CONFS.items() if key in opts}
+    if "fs.s3a.session.token" in confs:
+        confs["fs.s3a.aws.credentials.provider"] = "org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider"
+    if "fs.s3a.endpoint" in confs and opts.get("aws_virtual_hosted_style_request", "false").lower() != "true":
+        confs["fs.s3a.path.style.access"] = "true"
+    return confs
 
 
 def filesystem(location: str, storage_options: Mapping[str, str] | None = None):
