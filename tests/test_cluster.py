@@ -173,6 +173,7 @@ def test_executor_killed_mid_stage_run_succeeds(spark, cluster, s3, options, ref
     done = cluster.submit(JOB_FILE, _args(s3, "executor-kill"), _env(options), on_line=kill_an_executor)
     assert killed, "no executor was running when the second stage started"
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Lost executor" in done.stderr  # Spark saw it and ran its tasks elsewhere
     TIMES["executor_kill_run"] = round(done.seconds, 1)
     _assert_same_rows(spark, reference, s3, options, "executor-kill")
 
