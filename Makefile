@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test soak test-cluster setup bench clean
+.PHONY: demo test soak test-cluster test-connect setup bench clean
 
 setup: $(STAMP)
 
@@ -33,6 +33,12 @@ soak: $(STAMP)
 # spark-submit with root, sources and sinks on S3 (clean, executor killed, driver killed + resume, rollback).
 test-cluster: $(STAMP)
 	$(BIN)/python -m pytest -m cluster -s -p no:cacheprovider tests/test_cluster.py
+
+# One Spark Connect server with Delta for the session; the tests' session and the job processes are its
+# clients: the Connect tests, and the sink, recovery, replay and retention tests again, through Connect.
+test-connect: $(STAMP)
+	$(BIN)/python -m pytest --connect -m "not soak and not cluster" -p no:cacheprovider \
+	  tests/test_connect.py tests/test_sinks.py tests/test_recovery.py tests/test_replay.py tests/test_retention.py
 
 # Benchmarks side by side (bench/results/latest.json and latest.md); BENCH=--large for bigger sizes.
 bench: $(STAMP)

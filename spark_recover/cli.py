@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -42,6 +43,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
                         "(default: $SPARK_RECOVER_ROOT, the conf file, or ./.spark-recover)")
     parser.add_argument("--conf", help="a TOML settings file (default: conf/spark-recover.toml if present)")
     parser.add_argument("--verbose", action="store_true", help="show Spark's own logging and progress")
+    parser.add_argument("--remote", metavar="sc://HOST:PORT",
+                        help="run on this Spark Connect server (default: $SPARK_REMOTE, the conf file)")
 
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
@@ -128,7 +131,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(conf_file=args.conf, root=args.root, verbose=args.verbose)
+    if args.remote:  # the processes a drill starts connect there too
+        os.environ["SPARK_REMOTE"] = args.remote
+    return load_settings(conf_file=args.conf, root=args.root, verbose=args.verbose, remote=args.remote)
 
 
 def _ledger(settings: Settings):

@@ -57,6 +57,7 @@ class Settings:
     storage_options: Mapping[str, str] = dataclasses.field(default_factory=dict)
     sink_root: str | None = None  # a drill's scratch area: path sinks are redirected under it
     shared_root: bool = False  # a local root every node of a cluster sees (declared by the user)
+    remote: str | None = None  # a Spark Connect server (sc://host:port) to run on instead of a local session
     verbose: bool = False
     conf_file: str | None = None
 
@@ -65,7 +66,7 @@ class Settings:
 
 
 _RECOVER_KEYS = {"root": str, "heartbeat_seconds": (int, float), "dead_after_seconds": (int, float),
-                 "sink_root": str, "shared_root": bool}
+                 "sink_root": str, "shared_root": bool, "remote": str}
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -117,7 +118,7 @@ def _is_uri(value: str) -> bool:
 
 
 def load_settings(conf_file: str | os.PathLike[str] | None = None, root: str | None = None,
-                  verbose: bool = False) -> Settings:
+                  verbose: bool = False, remote: str | None = None) -> Settings:
     """Resolve settings from defaults, a TOML file, the environment and arguments.
 
     >>> load_settings(root="/tmp/recover").root
@@ -134,6 +135,8 @@ def load_settings(conf_file: str | os.PathLike[str] | None = None, root: str | N
         values["root"] = root or env_root
     if os.environ.get("SPARK_RECOVER_SINK_ROOT"):
         values["sink_root"] = os.environ["SPARK_RECOVER_SINK_ROOT"]
+    if remote or os.environ.get("SPARK_REMOTE"):
+        values["remote"] = remote or os.environ["SPARK_REMOTE"]
     if os.environ.get("SPARK_RECOVER_SHARED_ROOT", "").lower() in ("1", "true", "yes"):
         values["shared_root"] = True
     options = values.get("storage_options", {})

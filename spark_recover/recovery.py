@@ -306,8 +306,8 @@ def _restore(spark: Callable[[], Any], target: Target, point: Mapping[str, Any],
             return {"files": _restored_files(metrics), "restore_metrics": dict(metrics), "engine": "delta-rs"}
         except deltalake.exceptions.DeltaError:
             pass  # a table feature delta-rs cannot write (or a failed commit): Spark's RESTORE below
-    session = isolated_session(spark(), {"spark.databricks.delta.commitInfo.userMetadata": text})
-    row = session.sql(f"RESTORE TABLE {target.ident} TO VERSION AS OF {int(point['version'])}").first()
+    with isolated_session(spark(), {"spark.databricks.delta.commitInfo.userMetadata": text}) as session:
+        row = session.sql(f"RESTORE TABLE {target.ident} TO VERSION AS OF {int(point['version'])}").first()
     data = row.asDict() if row is not None else {}
     return {"files": int(data.get("num_restored_files", 0) or 0) + int(data.get("num_removed_files", 0) or 0),
             "restore_metrics": {k: v for k, v in data.items()}, "engine": "spark"}

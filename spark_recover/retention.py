@@ -171,10 +171,11 @@ def gc(keep_days: float = 7.0, *, root: str | None = None, settings: Settings | 
                 spark = get_spark(settings)
             # VACUUM lists the table with one task per `parallelism` paths, 10,000 by default:
             # minutes of empty tasks on a small cluster for a checkpoint table of a few files.
-            session = isolated_session(spark, {
-                "spark.databricks.delta.retentionDurationCheck.enabled": "false",
-                "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(spark.sparkContext.defaultParallelism)})
-            session.sql(f"VACUUM delta.`{spark_uri(table)}` RETAIN {retain} HOURS")
+            with isolated_session(spark, {
+                    "spark.databricks.delta.retentionDurationCheck.enabled": "false",
+                    "spark.sql.sources.parallelPartitionDiscovery.parallelism":
+                        spark.conf.get("spark.default.parallelism", None) or "8"}) as session:
+                session.sql(f"VACUUM delta.`{spark_uri(table)}` RETAIN {retain} HOURS")
     sink_tables = {t for r in runs for t in (r.recovery_point or {})}
     sink_tables |= {t for p in ledger.points().values() for t in p["tables"]}
     for table in sorted(sink_tables):

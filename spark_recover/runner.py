@@ -217,8 +217,8 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
     job.downstream(list(rerun))  # validates the names
     targets = publication.resolve_sinks(job, ctx.params, ctx.layout, ctx.settings.sink_root)
     lineage = _check_replayable(ctx, resume_from) if resume_from is not None else []
-    if spark is None and session.attached():
-        spark = session.get_spark(ctx.settings)  # spark-submit made it: cheap, and it says where we run
+    if spark is None and (session.attached() or ctx.settings.remote):
+        spark = session.get_spark(ctx.settings)  # spark-submit made it, or a Connect server: cheap, says where we run
     _check_cluster_storage(ctx, session.master(spark) if spark is not None else
                            ctx.settings.spark.get("spark.master", "local[*]"), targets)
 

@@ -6,6 +6,10 @@ is built from settings, with the Delta jars resolved once from Maven Central by
 Spark's own resolver and cached: later sessions, and child processes (which
 inherit ``$SPARK_RECOVER_JARS``), start without running Ivy again.
 
+A Spark Connect session (``sc://host:port``: passed in, active, or named by
+``--remote`` / ``$SPARK_REMOTE``) is used the same way: nothing spark-recover
+does with a session needs a JVM in this process.
+
 A locally built session also starts from a class-data sharing archive of the
 driver JVM (Java's AppCDS): the classes Spark loads for a Delta job, made once
 per machine, Java and pyspark (about 30 s, ~190 MB in the cache folder), then
@@ -35,7 +39,7 @@ from .errors import SessionError
 from .storage import hadoop_confs, is_s3
 
 __all__ = ["get_spark", "resolve_delta_jars", "resolve_s3a_jars", "s3a_coordinates", "delta_coordinate", "local_confs",
-           "startup_archive", "master", "attached"]
+           "startup_archive", "master", "attached", "is_connect"]
 
 _DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 _DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
@@ -295,15 +299,29 @@ def _jvm_output_to(path: Path | None) -> Iterator[None]:
         os.close(saved[1])
 
 
+def is_connect(spark) -> bool:
+    """True for a Spark Connect session (``sc://...``): no JVM in this process, everything over gRPC."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
+
+
 def _check_delta_enabled(spark) -> None:
-    extensions = spark.conf.get("spark.sql.extensions", "") or ""
-    if _DELTA_EXTENSION not in extensions:
+    extensions = spark.conf.get("spark.sql.extensions", None) or ""
+    if _DELTA_EXTENSION in extensions:
+        return
+    confs = (f"--conf spark.sql.extensions={_DELTA_EXTENSION} "
+             f"--conf spark.sql.catalog.spark_catalog={_DELTA_CATALOG}")
+    if is_connect(spark):
         raise SessionError(
-            "the active SparkSession has no Delta Lake",
-            f"expected spark.sql.extensions to include {_DELTA_EXTENSION}, found "
-            f"{extensions or 'nothing'}. With spark-submit pass --packages {delta_coordinate()} "
-            f"--conf spark.sql.extensions={_DELTA_EXTENSION} "
-            f"--conf spark.sql.catalog.spark_catalog={_DELTA_CATALOG}")
+            f"the Spark Connect server at {spark.client.host} has no Delta Lake",
+            f"expected its spark.sql.extensions to include {_DELTA_EXTENSION}, found {extensions or 'nothing'}. "
+            "Start the server with Delta: spark-submit --class "
+            "org.apache.spark.sql.connect.service.SparkConnectServer "
+            f"--packages {delta_coordinate()} {confs} spark-internal (or --jars \"$(spark-recover jars)\")",
+            host=spark.client.host)
+    raise SessionError(
+        "the active SparkSession has no Delta Lake",
+        f"expected spark.sql.extensions to include {_DELTA_EXTENSION}, found "
+        f"{extensions or 'nothing'}. With spark-submit pass --packages {delta_coordinate()} {confs}")
 
 
 def _needs_s3a(settings: Settings) -> bool:
@@ -331,8 +349,15 @@ def attached() -> bool:
 
 
 def master(spark) -> str:
-    """The session's master URL (``local[*]``, ``spark://...``, ``yarn``...)."""
-    return spark.conf.get("spark.master", None) or "local[*]"
+    """The session's master URL (``local[*]``, ``spark://...``, ``yarn``...).
+
+    A Spark Connect server on another host counts as a cluster whatever its
+    master: its local disk is not ours.
+    """
+    url = spark.conf.get("spark.master", None) or "local[*]"
+    if is_connect(spark) and spark.client.host.strip("[]") not in ("localhost", "127.0.0.1", "::1"):
+        return f"{url} of the Spark Connect server at {spark.client.host}"
+    return url
 
 
 def get_spark(settings: Settings):
@@ -345,6 +370,13 @@ def get_spark(settings: Settings):
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
+    if active is None and settings.remote:
+        try:
+            active = SparkSession.builder.remote(settings.remote).getOrCreate()
+        except Exception as exc:
+            raise SessionError(f"could not connect to the Spark Connect server at {settings.remote}",
+                               f"expected a server listening there: {str(exc).splitlines()[0]}",
+                               remote=settings.remote) from exc
     if active is None and (SparkContext._active_spark_context is not None
                            or os.environ.get("PYSPARK_GATEWAY_PORT")):
         # A context exists (another thread made it) or spark-submit launched us:

@@ -13,10 +13,12 @@ write uses is :mod:`spark_recover.publication`'s rule.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from .errors import UsageError
 from .storage import Target, native_uri, spark_uri
@@ -135,29 +137,45 @@ def publish(spark, sink: SinkTarget, read: Callable[[Any], Any], app: str, txn_v
 
 
 def _merge(spark, sink: SinkTarget, read: Callable[[Any], Any], app: str, txn_version: int, tag: str) -> None:
-    from delta.tables import DeltaTable
-
     # Delta reads MERGE's transaction identifiers from session confs. They are set
     # on a session of the MERGE's own, so no other write of the job (another
-    # thread, a later sink) can ever commit under them.
-    target = sink.target
-    session = isolated_session(spark, dict(zip(_TXN_CONFS, (app, str(txn_version), tag))))
-    table = (DeltaTable.forName(session, target.location) if target.catalog
-             else DeltaTable.forPath(session, spark_uri(target.location)))
-    source = read(session)
+    # thread, a later sink) can ever commit under them. SQL MERGE (not the
+    # DeltaTable API) works the same in a classic and a Spark Connect session.
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in sink.sink.keys)
-    (table.alias("t").merge(source.alias("s"), condition)
-     .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute())
+    with isolated_session(spark, dict(zip(_TXN_CONFS, (app, str(txn_version), tag)))) as session:
+        view = f"spark_recover_merge_{uuid.uuid4().hex}"
+        read(session).createOrReplaceTempView(view)
+        try:
+            session.sql(f"MERGE INTO {sink.target.ident} AS t USING {view} AS s ON {condition} "
+                        "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *")
+        finally:
+            session.catalog.dropTempView(view)
 
 
-def isolated_session(spark, confs: Mapping[str, str]):
-    """A new session on the same Spark context, with ``confs`` set only there.
+@contextlib.contextmanager
+def isolated_session(spark, confs: Mapping[str, str]) -> Iterator[Any]:
+    """A session of its own on the same Spark, with ``confs`` set only there.
 
     Session confs of it (transaction identifiers, ``userMetadata``, VACUUM
     switches) are invisible to every other session, so they cannot leak into
-    another thread's or job's writes.
+    another thread's or job's writes. Classic: ``newSession()`` on the same
+    context. Spark Connect: a server-side clone of the session, released on exit
+    (sessions on a Connect server are per client session id, confs included).
+
+    >>> with isolated_session(spark, {"spark.databricks.delta.commitInfo.userMetadata": "x"}) as s:   # doctest: +SKIP
+    ...     s.sql("RESTORE TABLE delta.`/tmp/t` TO VERSION AS OF 0")
     """
-    session = spark.newSession()
-    for key, value in confs.items():
-        session.conf.set(key, value)
-    return session
+    from .session import is_connect
+
+    connect = is_connect(spark)
+    session = spark.cloneSession() if connect else spark.newSession()
+    try:
+        for key, value in confs.items():
+            session.conf.set(key, value)
+        yield session
+    finally:
+        if connect:  # an unreleased clone keeps its server session, and the client's exit waits on it
+            with contextlib.suppress(Exception):
+                session.client.release_session()
+            with contextlib.suppress(Exception):
+                session.client.close()

@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import pytest
 
@@ -35,7 +35,7 @@ from .failpoints import ENV as FAILPOINT_ENV
 from .ledger import Ledger, RunRecord
 from .storage import Layout
 
-__all__ = ["spark", "recover_root", "assert_recovers", "TEST_SPARK_CONFS", "CHILD_JAVA_OPTIONS", "ProcessResult", "run_cli",
+__all__ = ["spark", "spark_connect_server", "ConnectServer", "recover_root", "assert_recovers", "TEST_SPARK_CONFS", "CHILD_JAVA_OPTIONS", "ProcessResult", "run_cli",
            "run_args", "job_env", "crash_at", "kill_during", "runs_of"]
 
 #: Spark confs of the test session and of the job processes the helpers start.
@@ -51,12 +51,94 @@ TEST_SPARK_CONFS = {
 }
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--connect", action="store_true",
+                     help="spark-recover: the `spark` fixture, and the job processes the helpers start, use a "
+                     "Spark Connect server started once for the test session (fixture `spark_connect_server`)")
+
+
+class ConnectServer:
+    """A Spark Connect server with Delta Lake on 127.0.0.1, started from the pyspark wheel.
+
+    >>> server = ConnectServer.start(Path("/tmp/connect"))   # doctest: +SKIP
+    >>> server.url   # doctest: +SKIP
+    'sc://127.0.0.1:41235'
+    """
+
+    def __init__(self, proc: subprocess.Popen, url: str, log: Path) -> None:
+        self.proc, self.url, self.log = proc, url, log
+
+    @classmethod
+    def start(cls, workdir: Path, delta: bool = True, confs: Mapping[str, str] | None = None,
+              timeout: float = 180) -> "ConnectServer":
+        """Start a server (without Delta when ``delta`` is false) and wait until it accepts connections."""
+        import socket
+
+        from .session import _DELTA_CATALOG, _DELTA_EXTENSION, _QUIET_LOG4J, resolve_delta_jars
+
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        settings = {**TEST_SPARK_CONFS, "spark.driver.memory": "2g", "spark.ui.enabled": "false",
+                    "spark.connect.grpc.binding.address": "127.0.0.1",
+                    "spark.connect.grpc.binding.port": str(port),
+                    "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{_QUIET_LOG4J}",
+                    **(confs or {})}
+        args = []
+        if delta:
+            settings.update({"spark.sql.extensions": _DELTA_EXTENSION, "spark.sql.catalog.spark_catalog": _DELTA_CATALOG})
+            args = ["--jars", ",".join(resolve_delta_jars())]
+        log = workdir / f"connect-server-{port}.log"
+        command = [str(Path(sys.executable).with_name("spark-submit")), "--class",
+                   "org.apache.spark.sql.connect.service.SparkConnectServer", *args,
+                   *[a for k, v in settings.items() for a in ("--conf", f"{k}={v}")], "spark-internal"]
+        env = {k: v for k, v in os.environ.items() if k not in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED")}
+        proc = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**env, "PYSPARK_PYTHON": sys.executable})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"the Spark Connect server exited with {proc.returncode}: {log.read_text()[-3000:]}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                return cls(proc, f"sc://127.0.0.1:{port}", log)
+            except OSError:
+                time.sleep(0.5)
+        proc.kill()
+        raise RuntimeError(f"the Spark Connect server did not listen on {port} within {timeout}s")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
 @pytest.fixture(scope="session")
-def spark():
-    """A local SparkSession with Delta Lake, UI off, two shuffle partitions."""
+def spark_connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The ``sc://`` URL of a Spark Connect server with Delta, started once for the test session."""
+    server = ConnectServer.start(tmp_path_factory.mktemp("spark-connect"))
+    yield server.url
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def spark(request: pytest.FixtureRequest):
+    """A local SparkSession with Delta Lake, UI off, two shuffle partitions.
+
+    With ``pytest --connect``: a Spark Connect session to :func:`spark_connect_server`,
+    whose URL is also ``$SPARK_REMOTE`` for the job processes the helpers start.
+    """
     from .session import get_spark
 
-    session = get_spark(Settings(spark=TEST_SPARK_CONFS))
+    if request.config.getoption("connect"):
+        url = request.getfixturevalue("spark_connect_server")
+        os.environ["SPARK_REMOTE"] = url
+        session = get_spark(Settings(remote=url))
+    else:
+        session = get_spark(Settings(spark=TEST_SPARK_CONFS))
     yield session
     session.stop()
 

@@ -13,6 +13,7 @@ import spark_recover
 from spark_recover.errors import DamagedStateError, RefusedError
 from spark_recover.ledger import Ledger
 from spark_recover.recovery import create_point
+from spark_recover.sinks import isolated_session
 from spark_recover.storage import Layout, read_delta
 from spark_recover.testing import crash_at, kill_during, run_cli
 
@@ -166,17 +167,13 @@ def test_vacuumed_recovery_point_is_a_clear_error(spark, source_data, recover_ro
     spark.range(10).write.format("delta").save(str(table))
     create_point("old", [str(table)], root=recover_root)
     spark.range(5).write.format("delta").mode("overwrite").save(str(table))
-    _no_retention_check(spark).sql(f"VACUUM delta.`{table}` RETAIN 0 HOURS")
+    with isolated_session(spark, {"spark.databricks.delta.retentionDurationCheck.enabled": "false"}) as session:
+        session.sql(f"VACUUM delta.`{table}` RETAIN 0 HOURS")
     vacuumed = deltalake.DeltaTable(str(table)).version()  # VACUUM logs its own commits
     with pytest.raises(DamagedStateError, match="can no longer be restored") as refused:
         spark_recover.rollback(point="old", root=recover_root, spark=spark, echo=False)
     assert refused.value.exit_code == 3
     assert deltalake.DeltaTable(str(table)).version() == vacuumed  # nothing changed
-
-
-def _no_retention_check(spark):
-    from spark_recover.sinks import isolated_session
-    return isolated_session(spark, {"spark.databricks.delta.retentionDurationCheck.enabled": "false"})
 
 
 def test_rollback_of_running_run_is_refused(spark, sink_job, source_data, recover_root):

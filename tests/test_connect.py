@@ -1,0 +1,118 @@
+"""Spark Connect: jobs, crashes, resumes and drills through a remote session (`make test-connect`).
+
+Run with ``pytest --connect``: the plugin starts one Connect server with Delta
+for the session, the ``spark`` fixture is a remote session to it, and job
+processes the helpers start connect there too (``$SPARK_REMOTE``). `make
+test-connect` also runs the sink, recovery, replay and retention tests that way.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from chispa import assert_df_equality
+
+from spark_recover.sinks import isolated_session
+from spark_recover.storage import read_delta
+from spark_recover.testing import ConnectServer, kill_during, run_args, run_cli, runs_of
+
+from conftest import SINK_JOB, SMALL_JOB, TABLES
+
+pytestmark = pytest.mark.connect
+
+NO_JAVA = {"JAVA_HOME": "/nonexistent/jdk"}
+TXN_CONFS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion")
+
+
+@pytest.fixture(autouse=True)
+def _needs_connect(request):
+    if not request.config.getoption("connect"):
+        pytest.skip("a Spark Connect test: run with `pytest --connect` (make test-connect)")
+
+
+def _local_env() -> dict[str, str]:
+    """A job process that builds a local session, not a Connect client."""
+    return {k: v for k, v in os.environ.items() if k not in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED")}
+
+
+def _same_sinks(spark, ours, reference) -> None:
+    for table in TABLES:
+        got, want = read_delta(str(ours / table)), read_delta(str(reference / table))
+        assert got.num_rows == want.num_rows, table
+        assert_df_equality(spark.createDataFrame(got.select(want.column_names)), spark.createDataFrame(want),
+                           ignore_row_order=True, ignore_nullable=True)
+
+
+def test_client_killed_mid_run_then_resumed_by_a_new_client_matches_local_mode(spark, source_data, tmp_path):
+    """SIGKILL of the client process once two stages committed; `run --resume` from a new client; sinks
+    equal a local-mode run's, row by row. Neither client starts a JVM."""
+    params = {"data": str(source_data), "out": str(tmp_path / "out"), "day": "3"}
+    root = str(tmp_path / "root")
+    killed = kill_during(SINK_JOB, root=root, params=params,
+                         when=lambda run: sum(s.status == "succeeded" for s in run.stage_list()) >= 2)
+    assert killed.killed, killed.stderr
+    [dead] = runs_of(root)
+    committed = [s.name for s in dead.stage_list() if s.status == "succeeded"]
+    assert dead.status == "failed" and len(committed) >= 2
+
+    t0 = time.monotonic()
+    resumed = run_cli(*run_args(SINK_JOB, root, params, ["--resume"]), env=NO_JAVA)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    run = runs_of(root)[-1]
+    assert run.origin_run_id == dead.run_id and [s.name for s in run.stage_list() if s.reused] == committed
+    print(f"\nresume over Connect: {time.monotonic() - t0:.1f}s (process), run {run.total_seconds:.1f}s")
+
+    reference = tmp_path / "local-out"
+    local = run_cli(*run_args(SINK_JOB, str(tmp_path / "local-root"), {**params, "out": str(reference)}, []),
+                    env=_local_env())
+    assert local.returncode == 0, local.stdout + local.stderr
+    _same_sinks(spark, tmp_path / "out", reference)
+
+
+def test_merge_identifiers_stay_in_their_own_server_session(spark, spark_connect_server, tmp_path):
+    """The idempotent-DML confs live in a server-side clone: the job's session and any other client's
+    session never see them, and another client's write is not taken for a replay."""
+    from pyspark.sql.connect.session import SparkSession as RemoteSession
+
+    table = str(tmp_path / "t")
+    spark.range(3).write.format("delta").save(table)
+    other = RemoteSession.builder.remote(spark_connect_server).create()
+    try:
+        with isolated_session(spark, dict(zip(TXN_CONFS, ("app-1", "7")))) as merge_session:
+            assert merge_session.conf.get(TXN_CONFS[0]) == "app-1"
+            assert [spark.conf.get(k, None) for k in TXN_CONFS] == [None, None]
+            assert [other.conf.get(k, None) for k in TXN_CONFS] == [None, None]
+            other.range(3, 5).write.format("delta").mode("append").save(table)  # meanwhile, elsewhere
+            merge_session.range(5, 6).write.format("delta").mode("append").save(table)
+        import deltalake
+
+        dt = deltalake.DeltaTable(table)
+        assert dt.version() == 2 and dt.transaction_version("app-1") == 7
+        assert sorted(r["id"] for r in dt.to_pyarrow_table().to_pylist()) == [0, 1, 2, 3, 4, 5]
+    finally:
+        other.client.release_session()
+        other.client.close()
+
+
+def test_drill_through_connect(spark, source_data, tmp_path):
+    done = run_cli("drill", SINK_JOB, "-p", f"data={source_data}", "-p", f"out={tmp_path / 'out'}", "-p", "day=3",
+                   "--kills", "2", "--seed", "3", "--root", str(tmp_path / "root"),
+                   "--remote", os.environ["SPARK_REMOTE"], env=NO_JAVA)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "PASS" in done.stdout
+
+
+def test_server_without_delta_is_a_clear_error(spark, source_data, tmp_path_factory):
+    server = ConnectServer.start(tmp_path_factory.mktemp("bare-connect"), delta=False)
+    root = tmp_path_factory.mktemp("root") / "r"
+    try:
+        done = run_cli(*run_args(SMALL_JOB, str(root), {"data": str(source_data)}, ["--remote", server.url]),
+                       env=NO_JAVA)
+    finally:
+        server.stop()
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "has no Delta Lake" in done.stderr and "io.delta:delta-spark_4.2_2.13:4.4.0" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not root.exists() or not any(root.rglob("*.json"))  # nothing written
