@@ -71,7 +71,11 @@ class ConnectServer:
     @classmethod
     def start(cls, workdir: Path, delta: bool = True, confs: Mapping[str, str] | None = None,
               timeout: float = 180) -> "ConnectServer":
-        """Start a server (without Delta when ``delta`` is false) and wait until it accepts connections."""
+        """Start a server and wait until it accepts connections.
+
+        ``delta=False``: a server without Delta Lake. ``confs``: its Spark settings
+        (default: the tests' :data:`TEST_SPARK_CONFS`).
+        """
         import socket
 
         from .session import _DELTA_CATALOG, _DELTA_EXTENSION, _QUIET_LOG4J, resolve_delta_jars
@@ -79,7 +83,7 @@ class ConnectServer:
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        settings = {**TEST_SPARK_CONFS, "spark.driver.memory": "2g", "spark.ui.enabled": "false",
+        settings = {**(TEST_SPARK_CONFS if confs is None else {}), "spark.driver.memory": "2g", "spark.ui.enabled": "false",
                     "spark.connect.grpc.binding.address": "127.0.0.1",
                     "spark.connect.grpc.binding.port": str(port),
                     "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile=file:{_QUIET_LOG4J}",
