@@ -46,9 +46,10 @@ _DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
 _QUIET_LOG4J = Path(__file__).with_name("log4j2-quiet.properties")
 JARS_ENV = "SPARK_RECOVER_JARS"
 S3A_JARS_ENV = "SPARK_RECOVER_S3A_JARS"
-# The AWS SDK v2 release each Hadoop's S3A connector is built with (hadoop-project's pom).
-# S3A needs only a few of its modules: these 52 jars weigh 19 MB, the SDK's `bundle` 686 MB.
-_AWS_SDK_OF_HADOOP = {"3.5.0": "2.35.4", "3.4.2": "2.29.52", "3.4.1": "2.24.6"}
+# The AWS SDK v2 release Hadoop's S3A connector is built with (hadoop-aws's Ivy descriptor).
+# S3A needs only a few of its modules: 52 artifacts, 19 MB (37 jars once Spark's own are
+# dropped), where the SDK's `bundle` jar alone is 686 MB.
+_AWS_SDK_OF_HADOOP = {"3.5.0": "2.35.4"}
 _S3A_SDK_MODULES = ("s3", "s3-transfer-manager", "sts")
 # What pyspark already ships: the SDK modules' copies would only shadow or clash.
 _PROVIDED_BY_SPARK = ("io.netty_", "org.slf4j_", "org.apache.httpcomponents_", "commons-codec_", "commons-logging_")
