@@ -45,6 +45,7 @@ bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
 	$(BIN)/python -m bench $(BENCH)
 	$(BIN)/python -m bench.lease_race --trials 20
+	$(BIN)/python -m bench.connect --rounds 2
 
 clean:
 	rm -rf $(VENV) .spark-recover demo-data
