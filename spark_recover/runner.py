@@ -262,6 +262,7 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
     total = time.monotonic() - started
     metrics = _recovery_metrics(ctx, plans, total) if resume_from is not None else {}
     metrics["session_seconds"] = round(session_seconds, 3)  # starting (or reusing) the JVM, not in total
+    metrics["session"] = session.describe(spark)
     ctx.log("run_finished", status=status, seconds=round(total, 3), error=error, detail={"metrics": metrics})
     ctx.ledger.compact()
     if status == "succeeded":

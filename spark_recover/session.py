@@ -39,7 +39,7 @@ from .errors import SessionError
 from .storage import hadoop_confs, is_s3
 
 __all__ = ["get_spark", "resolve_delta_jars", "resolve_s3a_jars", "s3a_coordinates", "delta_coordinate", "local_confs",
-           "startup_archive", "master", "attached", "is_connect"]
+           "startup_archive", "master", "describe", "attached", "is_connect"]
 
 _DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 _DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
@@ -47,7 +47,7 @@ _QUIET_LOG4J = Path(__file__).with_name("log4j2-quiet.properties")
 JARS_ENV = "SPARK_RECOVER_JARS"
 S3A_JARS_ENV = "SPARK_RECOVER_S3A_JARS"
 # The AWS SDK v2 release Hadoop's S3A connector is built with (hadoop-aws's Ivy descriptor).
-# S3A needs only a few of its modules: 52 artifacts, 19 MB (37 jars once Spark's own are
+# S3A needs only a few of its modules: 52 artifacts, 19 MB (37 jars, 13 MB, once Spark's own are
 # dropped), where the SDK's `bundle` jar alone is 686 MB.
 _AWS_SDK_OF_HADOOP = {"3.5.0": "2.35.4"}
 _S3A_SDK_MODULES = ("s3", "s3-transfer-manager", "sts")
@@ -347,6 +347,16 @@ def attached() -> bool:
 
     return (SparkSession.getActiveSession() is not None or SparkContext._active_spark_context is not None
             or bool(os.environ.get("PYSPARK_GATEWAY_PORT")))
+
+
+def describe(spark) -> str:
+    """Where a session runs, for the ledger: its master, and the Spark Connect server if any.
+
+    >>> describe(spark)   # doctest: +SKIP
+    'Spark Connect at 127.0.0.1 (local[2])'
+    """
+    url = spark.conf.get("spark.master", None) or "local[*]"
+    return f"Spark Connect at {spark.client.host} ({url})" if is_connect(spark) else url
 
 
 def master(spark) -> str:

@@ -191,14 +191,21 @@ def _conf_file() -> str:
     return str(path)
 
 
-def job_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The environment of a job process: the resolved Delta jars, the test confs, no stray failpoint."""
+def job_env(extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
+    """The environment of a job process: the resolved Delta jars, the test confs, no stray failpoint.
+
+    ``extra`` adds variables; one mapped to ``None`` is removed (``{"SPARK_REMOTE": None}``: a local session).
+    """
     from .session import resolve_delta_jars
 
     resolve_delta_jars()  # once, here; children inherit $SPARK_RECOVER_JARS
     env = {**os.environ, "SPARK_RECOVER_CONF": os.environ.get("SPARK_RECOVER_CONF") or _conf_file()}
     env.pop(FAILPOINT_ENV, None)
-    env.update(extra or {})
+    for key, value in (extra or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     return env
 
 
@@ -209,7 +216,7 @@ def _run_id(stdout: str) -> str | None:
     return None
 
 
-def run_cli(*args: str, env: Mapping[str, str] | None = None, timeout: float = 900) -> ProcessResult:
+def run_cli(*args: str, env: Mapping[str, str | None] | None = None, timeout: float = 900) -> ProcessResult:
     """Run ``spark-recover ARGS...`` in a child process and wait for it."""
     proc = subprocess.run([sys.executable, "-m", "spark_recover", *args], capture_output=True,
                           text=True, env=job_env(env), timeout=timeout)

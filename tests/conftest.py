@@ -9,12 +9,17 @@ import pytest
 from pyspark.sql import functions as F
 
 from spark_recover.job import load_job
+from spark_recover.ledger import Ledger
+from spark_recover.storage import Layout
+from spark_recover.testing import run_args, run_cli
 
 JOBS = Path(__file__).parent / "jobs"
 SMALL_JOB = str(JOBS / "small_job.py")
 STAGES = ["cleaned", "enriched", "daily", "ranked", "summary"]
 SINK_JOB = str(JOBS / "sink_job.py")
 TABLES = ["daily_log", "by_day", "store_totals", "region_totals"]  # its sinks: append, replace_where, merge, overwrite
+# The environment of a job process that builds a local session even when the tests run through Connect.
+LOCAL_MODE = {"SPARK_REMOTE": None, "SPARK_CONNECT_MODE_ENABLED": None}
 
 
 def make_sources(spark, data: Path, rows: int = 20_000) -> None:
@@ -73,12 +78,22 @@ def read_table(spark, out: Path, table: str, version: int | None = None):
 
 
 @pytest.fixture(scope="session")
-def clean_sinks(spark, sink_job, source_data, tmp_path_factory):
-    """Each sink table's rows after one clean run into empty tables."""
+def clean_sinks(request, spark, sink_job, source_data, tmp_path_factory):
+    """Each sink table's rows after one clean run into empty tables.
+
+    With ``pytest --connect`` that run is a local-mode process, so every sink
+    test through Connect is checked against local mode, row by row.
+    """
     out = tmp_path_factory.mktemp("clean-out")
-    result = sink_job.run({"data": str(source_data), "out": str(out), "day": "3"},
-                          root=str(tmp_path_factory.mktemp("clean-sink-root")), spark=spark, echo=False)
-    assert result.status == "succeeded", result.error
+    params = {"data": str(source_data), "out": str(out), "day": "3"}
+    root = str(tmp_path_factory.mktemp("clean-sink-root"))
+    if request.config.getoption("connect"):
+        local = run_cli(*run_args(SINK_JOB, root, params, []), env=LOCAL_MODE)
+        assert local.returncode == 0, local.stdout + local.stderr
+        assert Ledger(Layout.at(root)).run(local.run_id).metrics["session"].startswith("local")
+    else:
+        result = sink_job.run(params, root=root, spark=spark, echo=False)
+        assert result.status == "succeeded", result.error
     return {t: read_table(spark, out, t).collect() for t in TABLES}
 
 

@@ -136,6 +136,7 @@ def test_clean_run_on_cluster_and_s3_matches_local_mode(spark, cluster, s3, opti
     assert not [ln for ln in done.stdout.splitlines() if " WARN " in ln or " INFO " in ln]
     _assert_same_rows(spark, reference, s3, options, "clean")
     [run] = _runs(s3, options, "clean")
+    assert run.metrics["session"] == cluster.url
     assert run.status == "succeeded" and all(c.startswith("s3a://") for c in
                                              [s.checkpoint for s in run.stage_list()])
 

@@ -18,7 +18,7 @@ from spark_recover.sinks import isolated_session
 from spark_recover.storage import read_delta
 from spark_recover.testing import ConnectServer, kill_during, run_args, run_cli, runs_of
 
-from conftest import SINK_JOB, SMALL_JOB, TABLES
+from conftest import LOCAL_MODE, SINK_JOB, SMALL_JOB, TABLES
 
 pytestmark = pytest.mark.connect
 
@@ -30,11 +30,6 @@ TXN_CONFS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.wr
 def _needs_connect(request):
     if not request.config.getoption("connect"):
         pytest.skip("a Spark Connect test: run with `pytest --connect` (make test-connect)")
-
-
-def _local_env() -> dict[str, str]:
-    """A job process that builds a local session, not a Connect client."""
-    return {k: v for k, v in os.environ.items() if k not in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED")}
 
 
 def _same_sinks(spark, ours, reference) -> None:
@@ -62,12 +57,14 @@ def test_client_killed_mid_run_then_resumed_by_a_new_client_matches_local_mode(s
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     run = runs_of(root)[-1]
     assert run.origin_run_id == dead.run_id and [s.name for s in run.stage_list() if s.reused] == committed
+    assert run.metrics["session"].startswith("Spark Connect at 127.0.0.1")
     print(f"\nresume over Connect: {time.monotonic() - t0:.1f}s (process), run {run.total_seconds:.1f}s")
 
     reference = tmp_path / "local-out"
     local = run_cli(*run_args(SINK_JOB, str(tmp_path / "local-root"), {**params, "out": str(reference)}, []),
-                    env=_local_env())
+                    env=LOCAL_MODE)
     assert local.returncode == 0, local.stdout + local.stderr
+    assert runs_of(str(tmp_path / "local-root"))[-1].metrics["session"] == "local[2]"
     _same_sinks(spark, tmp_path / "out", reference)
 
 
