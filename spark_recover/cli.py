@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any, Sequence
 
@@ -131,8 +130,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    if args.remote:  # the processes a drill starts connect there too
-        os.environ["SPARK_REMOTE"] = args.remote
     return load_settings(conf_file=args.conf, root=args.root, verbose=args.verbose, remote=args.remote)
 
 

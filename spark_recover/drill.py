@@ -115,7 +115,10 @@ class Scratch:
         self.store = Layout.at(self.base, settings.storage_options)
         self.sink_root = f"{self.base}/sinks"
         self.tables = {t.table: redirected(self.sink_root, t.table) for t in resolve_sinks(job, params, user)}
-        resolve_delta_jars()  # once: every driver process inherits the jars
+        if settings.remote:  # the driver processes are Connect clients of the same server: no JVM, no jars
+            env = {**(env or {}), "SPARK_REMOTE": settings.remote}
+        else:
+            resolve_delta_jars()  # once: every driver process inherits the jars
         self.env = {**os.environ, **(env or {}), "SPARK_RECOVER_SINK_ROOT": self.sink_root}
         self.env.pop(FAILPOINT_ENV, None)
         self.initial = {}

@@ -35,7 +35,7 @@ from .failpoints import ENV as FAILPOINT_ENV
 from .ledger import Ledger, RunRecord
 from .storage import Layout
 
-__all__ = ["spark", "spark_connect_server", "ConnectServer", "recover_root", "assert_recovers", "TEST_SPARK_CONFS", "CHILD_JAVA_OPTIONS", "ProcessResult", "run_cli",
+__all__ = ["spark", "spark_connect_server", "ConnectServer", "free_port", "wait_until", "stop_group", "recover_root", "assert_recovers", "TEST_SPARK_CONFS", "CHILD_JAVA_OPTIONS", "ProcessResult", "run_cli",
            "run_args", "job_env", "crash_at", "kill_during", "runs_of"]
 
 #: Spark confs of the test session and of the job processes the helpers start.
@@ -55,6 +55,42 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--connect", action="store_true",
                      help="spark-recover: the `spark` fixture, and the job processes the helpers start, use a "
                      "Spark Connect server started once for the test session (fixture `spark_connect_server`)")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def wait_until(what: str, ready: Callable[[], bool], proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
+    """Poll ``ready()`` until it holds; fail with the end of ``log`` if ``proc`` exits or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {log.read_text()[-3000:]}")
+        try:
+            if ready():
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    stop_group(proc)
+    raise RuntimeError(f"{what} not ready after {timeout}s: {log.read_text()[-3000:]}")
+
+
+def stop_group(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop a server started with ``start_new_session=True``, and everything it started: SIGTERM, then SIGKILL."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 class ConnectServer:
@@ -80,9 +116,7 @@ class ConnectServer:
 
         from .session import _DELTA_CATALOG, _DELTA_EXTENSION, _QUIET_LOG4J, resolve_delta_jars
 
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = probe.getsockname()[1]
+        port = free_port()
         settings = {**(TEST_SPARK_CONFS if confs is None else {}), "spark.driver.memory": "2g", "spark.ui.enabled": "false",
                     "spark.connect.grpc.binding.address": "127.0.0.1",
                     "spark.connect.grpc.binding.port": str(port),
@@ -99,25 +133,15 @@ class ConnectServer:
         env = {k: v for k, v in os.environ.items() if k not in ("SPARK_REMOTE", "SPARK_CONNECT_MODE_ENABLED")}
         proc = subprocess.Popen(command, stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**env, "PYSPARK_PYTHON": sys.executable})
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"the Spark Connect server exited with {proc.returncode}: {log.read_text()[-3000:]}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return cls(proc, f"sc://127.0.0.1:{port}", log)
-            except OSError:
-                time.sleep(0.5)
-        proc.kill()
-        raise RuntimeError(f"the Spark Connect server did not listen on {port} within {timeout}s")
+        def listening() -> bool:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return True
+
+        wait_until("the Spark Connect server", listening, proc, log, timeout)
+        return cls(proc, f"sc://127.0.0.1:{port}", log)
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+        stop_group(self.proc)
 
 
 @pytest.fixture(scope="session")

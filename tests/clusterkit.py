@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -26,42 +25,11 @@ from typing import Callable, Mapping, Sequence
 
 import psutil
 
-from spark_recover.testing import run_cli
+from spark_recover.testing import free_port, run_cli, stop_group, wait_until
 
 BIN = Path(sys.executable).parent
 EXTENSIONS = {"spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
               "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait(what: str, ready: Callable[[], bool], proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{what} exited with {proc.returncode}: {log.read_text()[-3000:]}")
-        try:
-            if ready():
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"{what} not ready after {timeout}s: {log.read_text()[-3000:]}")
-
-
-def _stop(procs: Sequence[subprocess.Popen]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-    for proc in procs:
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 class S3Server:
@@ -74,8 +42,8 @@ class S3Server:
                                      stdout=self.log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
         self.options = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{self.port}", "AWS_REGION": "us-east-1",
                         "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-        _wait("moto_server", lambda: urllib.request.urlopen(self.options["AWS_ENDPOINT_URL"], timeout=2).status == 200,
-              self.proc, self.log)
+        wait_until("moto_server", lambda: urllib.request.urlopen(self.options["AWS_ENDPOINT_URL"], timeout=2).status == 200,
+                   self.proc, self.log, timeout=120)
         import boto3
 
         boto3.client("s3", endpoint_url=self.options["AWS_ENDPOINT_URL"], region_name="us-east-1",
@@ -86,7 +54,7 @@ class S3Server:
         return f"s3a://{self.bucket}/{path}"
 
     def stop(self) -> None:
-        _stop([self.proc])
+        stop_group(self.proc, timeout=20)
 
 
 @dataclass
@@ -108,13 +76,14 @@ class Standalone:
                "PYSPARK_PYTHON": sys.executable}
         self.procs = [self._daemon("master", ["org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
                                               "--port", str(self.port), "--webui-port", str(self.ui)], env)]
-        _wait("the standalone master", lambda: self._state() is not None, self.procs[0], workdir / "master.log")
+        wait_until("the standalone master", lambda: self._state() is not None, self.procs[0], workdir / "master.log",
+                   timeout=120)
         for i in range(workers):
             self.procs.append(self._daemon(f"worker{i}", [
                 "org.apache.spark.deploy.worker.Worker", self.url, "--host", "127.0.0.1", "--cores", "1",
                 "--memory", "1536m", "--webui-port", str(free_port()), "--work-dir", str(workdir / f"work{i}")], env))
-        _wait(f"{workers} workers", lambda: self._state()["aliveworkers"] == workers, self.procs[-1],
-              workdir / f"worker{workers - 1}.log")
+        wait_until(f"{workers} workers", lambda: self._state()["aliveworkers"] == workers, self.procs[-1],
+                   workdir / f"worker{workers - 1}.log", timeout=120)
         listed = run_cli("jars", "--s3a")  # as the README tells users: --jars "$(spark-recover jars --s3a)"
         assert listed.returncode == 0, listed.stderr
         self.jars = listed.stdout.strip()
@@ -170,7 +139,8 @@ class Standalone:
         return found
 
     def stop(self) -> None:
-        _stop(self.procs[::-1])
+        for proc in self.procs[::-1]:
+            stop_group(proc, timeout=20)
 
 
 def kill_group(proc: subprocess.Popen) -> None:

@@ -13,20 +13,19 @@ import os
 import subprocess
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
-from chispa import assert_df_equality
 
 from spark_recover.job import load_job
 from spark_recover.ledger import Ledger
-from spark_recover.storage import Layout, filesystem, is_local, read_delta, with_s3_defaults
+from spark_recover.storage import Layout, filesystem, is_local, native_uri, read_delta, with_s3_defaults
 from spark_recover.testing import job_env
 
 from clusterkit import S3Server, Standalone, kill_group
+from recovery_checks import assert_same_rows
 
 pytestmark = pytest.mark.cluster
 
@@ -71,7 +70,7 @@ def _upload(local: Path, uri: str, options) -> None:
 def _seed(warehouse: str, options) -> None:
     import deltalake
 
-    deltalake.write_deltalake(f"{warehouse}/customer_value".replace("s3a://", "s3://"), SEED,
+    deltalake.write_deltalake(native_uri(f"{warehouse}/customer_value"), SEED,
                               storage_options=dict(options) if not is_local(warehouse) else None)
 
 
@@ -110,15 +109,9 @@ def _args(s3, name: str, *more: str) -> list[str]:
 def _assert_same_rows(spark, reference, s3, options, name: str) -> None:
     """Every sink of run ``name`` equals the local-mode run's, row by row: no duplicate, no missing row."""
     for sink in SINKS:
-        got = read_delta(s3.uri(f"{name}/warehouse/{sink}"), storage_options=options)
         want = reference[sink]
-        got = got.select(want.column_names)
-        g, w = (Counter(tuple(r.values()) for r in t.to_pylist()) for t in (got, want))
-        duplicates = sum(max(0, n - w[row]) for row, n in g.items() if row in w)
-        missing = sum(max(0, n - g[row]) for row, n in w.items())
-        assert (duplicates, missing, got.num_rows) == (0, 0, want.num_rows), f"{name}/{sink}"
-        assert_df_equality(spark.createDataFrame(got), spark.createDataFrame(want),
-                           ignore_row_order=True, ignore_nullable=True)
+        got = read_delta(s3.uri(f"{name}/warehouse/{sink}"), storage_options=options).select(want.column_names)
+        assert_same_rows(spark, spark.createDataFrame(got), [tuple(r.values()) for r in want.to_pylist()])
 
 
 def _runs(s3, options, name: str):
@@ -150,7 +143,7 @@ def test_rollback_on_s3_restores_every_table(cluster, s3, options):
                              "--root", s3.uri("clean/recover")], capture_output=True, text=True,
                             env=_env(options))
     assert rolled.returncode == 0, rolled.stdout + rolled.stderr
-    warehouse = s3.uri("clean/warehouse").replace("s3a://", "s3://")
+    warehouse = native_uri(s3.uri("clean/warehouse"))
     table = deltalake.DeltaTable(f"{warehouse}/customer_value", storage_options=dict(options))
     assert table.history(1)[0]["operation"] == "RESTORE"
     assert sorted(table.to_pyarrow_table().to_pylist(), key=str) == sorted(SEED.to_pylist(), key=str)

@@ -12,13 +12,11 @@ import os
 import time
 
 import pytest
-from chispa import assert_df_equality
 
 from spark_recover.sinks import isolated_session
-from spark_recover.storage import read_delta
 from spark_recover.testing import ConnectServer, kill_during, run_args, run_cli, runs_of
 
-from conftest import LOCAL_MODE, SINK_JOB, SMALL_JOB, TABLES
+from conftest import LOCAL_MODE, SINK_JOB, SMALL_JOB, TABLES, check_tables, read_table
 
 pytestmark = pytest.mark.connect
 
@@ -30,14 +28,6 @@ TXN_CONFS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.wr
 def _needs_connect(request):
     if not request.config.getoption("connect"):
         pytest.skip("a Spark Connect test: run with `pytest --connect` (make test-connect)")
-
-
-def _same_sinks(spark, ours, reference) -> None:
-    for table in TABLES:
-        got, want = read_delta(str(ours / table)), read_delta(str(reference / table))
-        assert got.num_rows == want.num_rows, table
-        assert_df_equality(spark.createDataFrame(got.select(want.column_names)), spark.createDataFrame(want),
-                           ignore_row_order=True, ignore_nullable=True)
 
 
 def test_client_killed_mid_run_then_resumed_by_a_new_client_matches_local_mode(spark, source_data, tmp_path):
@@ -65,7 +55,7 @@ def test_client_killed_mid_run_then_resumed_by_a_new_client_matches_local_mode(s
                     env=LOCAL_MODE)
     assert local.returncode == 0, local.stdout + local.stderr
     assert runs_of(str(tmp_path / "local-root"))[-1].metrics["session"] == "local[2]"
-    _same_sinks(spark, tmp_path / "out", reference)
+    check_tables(spark, tmp_path / "out", {t: read_table(spark, reference, t).collect() for t in TABLES})
 
 
 def test_merge_identifiers_stay_in_their_own_server_session(spark, spark_connect_server, tmp_path):
