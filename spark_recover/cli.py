@@ -51,6 +51,9 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="resume the newest failed run with the same parameters; do nothing if the "
                         "newest one succeeded (or was recovered); else start a new run")
+    parser.add_argument("--new-run", action="store_true",
+                        help="start a new logical run even though the newest run with these parameters failed "
+                        "after publishing a sink (it publishes again); without it such a run is refused")
     parser.add_argument("--rerun", action="append", metavar="STAGE", default=[],
                         help="recompute STAGE and everything downstream of it")
     parser.add_argument("--refresh-sources", action="store_true",
@@ -152,13 +155,16 @@ def _cmd_run(args: argparse.Namespace, job=None) -> int:
     params = parse_params(args.param)
     job = job or load_job(args.job_file, args.job)
     origin = None
+    if args.resume and args.new_run:
+        raise UsageError("--resume and --new-run together", "expected one of them: --resume replays the newest "
+                         "failed run, --new-run starts a new logical run")
     if args.resume:
         origin, why = replay_choice(_ledger(settings), job, params)
         print(why.removeprefix("done: "), flush=True)
         if why.startswith("done:"):
             return 0  # a scheduler's retry after success: nothing to run, nothing written
     result = run_job(job, params, settings=settings, resume_from=origin, rerun=args.rerun,
-                     refresh_sources=args.refresh_sources)
+                     refresh_sources=args.refresh_sources, new_run=args.new_run)
     return _finish(result)
 
 

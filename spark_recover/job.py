@@ -24,6 +24,7 @@ from .errors import JobDefinitionError
 from .fingerprint import unpinned_reads, visible_params
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .config import Settings
     from .runner import RunResult
 
 __all__ = ["Job", "Source", "Stage", "Sink", "SINK_MODES", "INJECTABLE", "UnpinnedReadWarning", "load_job"]
@@ -306,40 +307,60 @@ class Job:
         return out
 
     # Running is delegated to the runner; these are the notebook/test front door.
-    def run(self, params: Mapping[str, Any] | None = None, **options: Any) -> "RunResult":
-        """Run the job (``resume_from=RUN_ID`` and ``rerun=[STAGE]`` replay a run).
+    def run(self, params: Mapping[str, Any] | None = None, *, root: str | None = None,
+            settings: "Settings | None" = None, spark: Any = None, resume_from: str | None = None,
+            rerun: Sequence[str] = (), refresh_sources: bool = False, new_run: bool = False,
+            echo: bool = True) -> "RunResult":
+        """Run the job; ``resume_from=RUN_ID`` replays that run instead.
 
-        Uses the active SparkSession or builds a local one. Options: ``root``,
-        ``settings``, ``resume_from``, ``rerun``, ``refresh_sources``, ``echo``.
+        ``spark``: the session to run in (default: the active one, else a
+        Spark Connect session named by ``$SPARK_REMOTE`` or the conf file, else
+        a local one built from the conf file). ``root``/``settings``: where the
+        ledger and checkpoints live. ``rerun``: stages to recompute with their
+        downstream. ``refresh_sources``: re-pin Delta sources on a replay.
+        ``new_run``: start a new logical run even though the newest run with
+        these parameters failed after publishing a sink (refused otherwise).
+        ``echo``: print progress lines.
 
         >>> result = job.run(params={"day": "2026-11-23"})   # doctest: +SKIP
         >>> result.status   # doctest: +SKIP
         'succeeded'
         """
         from .runner import run_job
-        return run_job(self, params or {}, **options)
+        return run_job(self, params or {}, root=root, settings=settings, spark=spark, resume_from=resume_from,
+                       rerun=rerun, refresh_sources=refresh_sources, new_run=new_run, echo=echo)
 
-    def resume(self, run_id: str, **options: Any) -> "RunResult":
+    def resume(self, run_id: str, *, params: Mapping[str, Any] | None = None, root: str | None = None,
+               settings: "Settings | None" = None, spark: Any = None, rerun: Sequence[str] = (),
+               refresh_sources: bool = False, echo: bool = True) -> "RunResult":
         """Replay run ``run_id`` as a new run, reusing what is still valid.
 
-        >>> job.resume("20261125T101500Z-1a2b3c")   # doctest: +SKIP
+        ``params`` overrides some of the run's parameters; the other options
+        are those of :meth:`run`.
+
+        >>> job.resume("20261125T101500Z-1a2b3c4d5e6f7a8b")   # doctest: +SKIP
         """
         from .runner import resume_job
-        return resume_job(self, run_id, **options)
+        return resume_job(self, run_id, params=params, root=root, settings=settings, spark=spark, rerun=rerun,
+                          refresh_sources=refresh_sources, echo=echo)
 
-    def redo(self, run_id: str, **options: Any) -> "RunResult":
+    def redo(self, run_id: str, *, from_stage: str | None = None, force: bool = False, root: str | None = None,
+             settings: "Settings | None" = None, spark: Any = None, echo: bool = True) -> "RunResult":
         """Roll back run ``run_id``'s sinks, then replay it (``from_stage=`` to force a stage).
 
-        >>> job.redo("20261125T101500Z-1a2b3c", from_stage="daily")   # doctest: +SKIP
+        ``force``: roll back even over other writers' commits.
+
+        >>> job.redo("20261125T101500Z-1a2b3c4d5e6f7a8b", from_stage="daily")   # doctest: +SKIP
         """
         from .recovery import redo
-        return redo(self, run_id, **options)
+        return redo(self, run_id, from_stage=from_stage, force=force, root=root, settings=settings, spark=spark,
+                    echo=echo)
 
-    def drill(self, params: Mapping[str, Any] | None = None, **options: Any) -> dict[str, Any]:
+    def drill(self, params: Mapping[str, Any] | None = None, *, kills: int = 10, seed: int | None = None,
+              with_rollback: bool = False, damage: bool = False, root: str | None = None,
+              settings: "Settings | None" = None, echo: bool = True) -> dict[str, Any]:
         """Rehearse recovery of this job: random SIGKILLs of real driver processes, then a row-by-row check.
 
-        Options: ``kills`` (default 10), ``seed``, ``with_rollback``, ``damage``, ``root``,
-        ``settings``, ``echo``.
         Returns the report; ``report["ok"]`` is the verdict.
 
         >>> job.drill({"day": "2026-11-23"}, kills=5, seed=7)["ok"]   # doctest: +SKIP
@@ -351,7 +372,8 @@ class Job:
         if not self.file:
             raise UsageError(f"job {self.name!r} has no job file", "a drill starts the job file as a driver "
                              "process: define the job in a .py file (or load it with load_job)")
-        return drill(self.file, {k: str(v) for k, v in (params or {}).items()}, **options)
+        return drill(self.file, {k: str(v) for k, v in (params or {}).items()}, kills=kills, seed=seed,
+                     with_rollback=with_rollback, damage=damage, root=root, settings=settings, echo=echo)
 
     def main(self, argv: Sequence[str] | None = None) -> None:
         """The ``spark-recover run`` CLI for this job file (works under spark-submit)."""

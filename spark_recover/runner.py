@@ -16,9 +16,7 @@ run in :mod:`~spark_recover.lease`, what a sink may publish in
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import json
-import secrets
 import time
 import traceback
 from types import MappingProxyType
@@ -27,9 +25,9 @@ from typing import Any, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from . import __version__, checkpoint, failpoints, lease, publication, session, sinks, sources
+from .rerun import new_run_id, params_key, plain_rerun_refusal
 from .config import Settings, load_settings
 from .errors import RecoverError, RefusedError, StageError, UsageError
-from .fingerprint import digest
 from .job import Job
 from .ledger import Heartbeat, Ledger, RunRecord, apply_event, this_process
 from .plan import StagePlan, plan_run
@@ -116,7 +114,7 @@ def replay_choice(ledger: Ledger, job: Job, params: Mapping[str, Any]) -> tuple[
     (no run to resume: start a new one; already succeeded or recovered: nothing
     to do, which ``why`` starting with ``"done:"`` says). Needs no JVM.
     """
-    key = digest(params, 16)
+    key = params_key(params)
     runs = [r for r in ledger.runs(job.name) if r.params_key == key and not r.refused]
     if not runs:
         return None, "no earlier run with these parameters: starting a new run"
@@ -158,9 +156,8 @@ class RunContext:
 def _new_context(job: Job, params: Mapping[str, Any], settings: Settings, echo: bool) -> RunContext:
     layout = Layout.at(settings.root, settings.storage_options)
     params = _check_params(params)
-    run_id = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
-    return RunContext(job, params, digest(params, 16), settings, layout,
-                      Ledger(layout, dead_after=settings.dead_after_seconds), run_id, _echo_to(echo))
+    return RunContext(job, params, params_key(params), settings, layout,
+                      Ledger(layout, dead_after=settings.dead_after_seconds), new_run_id(), _echo_to(echo))
 
 
 def _check_replayable(ctx: RunContext, origin: RunRecord) -> list[RunRecord]:
@@ -198,18 +195,22 @@ def _check_cluster_storage(ctx: RunContext, master: str, targets: list[SinkTarge
 
 
 def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
-            settings: Settings | None = None, spark=None, resume_from: RunRecord | None = None,
-            rerun: Collection[str] = (), refresh_sources: bool = False,
+            settings: Settings | None = None, spark=None, resume_from: RunRecord | str | None = None,
+            rerun: Collection[str] = (), refresh_sources: bool = False, new_run: bool = False,
             echo: bool = True) -> RunResult:
-    """Run ``job`` (or replay ``resume_from``) and return its :class:`RunResult`.
+    """Run ``job`` (or replay ``resume_from``, a run id or record) and return its :class:`RunResult`.
 
     Errors before the run starts (bad parameters or sinks, a held lease, a
-    replay of a recovered run) raise and write nothing. A stage that raises
+    replay of a recovered run) raise and write nothing. A plain run over a
+    failed run of the same parameters that already published a sink is
+    refused unless ``new_run`` (it would publish again). A stage that raises
     ends the run as ``failed``; the result carries the error and the ledger
     the resume point. A replay that would publish other data to a sink its
     logical run already published is refused (:class:`RefusedError`).
     """
     ctx = _new_context(job, params, settings or load_settings(root=root), echo)
+    if isinstance(resume_from, str):
+        resume_from = ctx.ledger.run(resume_from)
     stage_names = [s.name for s in job.stages]
     if not stage_names:
         raise UsageError(f"job {job.name!r} has no stages", "expected at least one @job.stage")
@@ -217,6 +218,10 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
     job.downstream(list(rerun))  # validates the names
     targets = publication.resolve_sinks(job, ctx.params, ctx.layout, ctx.settings.sink_root)
     lineage = _check_replayable(ctx, resume_from) if resume_from is not None else []
+    if resume_from is None and not new_run:
+        refusal = plain_rerun_refusal(ctx.ledger.runs(job.name), ctx.params_key, job.file)
+        if refusal is not None:
+            raise refusal
     if spark is None and (session.attached() or ctx.settings.remote):
         spark = session.get_spark(ctx.settings)  # spark-submit made it, or a Connect server: cheap, says where we run
     _check_cluster_storage(ctx, session.master(spark) if spark is not None else

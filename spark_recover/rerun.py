@@ -1,0 +1,93 @@
+"""Who a new run is: its parameters' key, its id, and whether a plain rerun may start.
+
+Pure policy over run records (no JVM, no storage), used by the runner before it
+takes the lease.
+
+* The **parameters' key** names "this job with these parameters" for the lease
+  and the sinks' ``txnAppId``. It is the same for the same values whatever
+  their Python type: the API's ``{"n": 5}`` and the CLI's ``-p n=5`` are one key
+  (the fingerprint still sees the typed values).
+* A **run id** carries 64 random bits after its start second, so two runs
+  started in the same second never share a record.
+* A **plain rerun** (``run`` without ``--resume``) over a failed run that
+  already published a sink would publish that data again as a new logical
+  run: it is refused, naming ``--resume``, ``redo`` and ``--new-run``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import secrets
+from typing import Any, Mapping, Sequence
+
+from .errors import RefusedError
+from .fingerprint import digest
+from .ledger import RunRecord
+
+__all__ = ["params_key", "new_run_id", "published_tables", "plain_rerun_refusal"]
+
+
+def _key_form(value: Any) -> Any:
+    """A parameter value as a key sees it: scalars by their text, containers element by element."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, Mapping):
+        return {str(k): _key_form(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_key_form(v) for v in value]
+    return str(value)
+
+
+def params_key(params: Mapping[str, Any]) -> str:
+    """The key of a job's parameters: one key for the same values, typed or as text.
+
+    String-only parameters (every CLI run) keep the key they always had.
+
+    >>> params_key({"n": 5, "day": "2026-11-23"}) == params_key({"n": "5", "day": "2026-11-23"})
+    True
+    """
+    return digest(_key_form(dict(params)), 16)
+
+
+def new_run_id(now: dt.datetime | None = None) -> str:
+    """A run id: the start second (UTC), then 64 random bits.
+
+    >>> len(new_run_id().split("-")[1])
+    16
+    """
+    now = now or dt.datetime.now(dt.timezone.utc)
+    return f"{now:%Y%m%dT%H%M%SZ}-{secrets.token_hex(8)}"
+
+
+def published_tables(record: RunRecord) -> list[str]:
+    """The sink tables a run planned or committed a write to (a planned write may have committed)."""
+    return sorted(t for t, s in record.sinks.items() if s.get("status") in ("planned", "written"))
+
+
+def plain_rerun_refusal(runs: Sequence[RunRecord], key: str, job_file: str | None) -> RefusedError | None:
+    """Why a plain ``run`` of these parameters must not start, or ``None``.
+
+    ``runs`` are the job's runs, oldest first. The newest non-refused run with
+    this key decides: if it failed (not recovered, not rolled back) after
+    publishing a sink, a new logical run would publish that data again.
+
+    >>> plain_rerun_refusal([], "k", None) is None
+    True
+    """
+    mine = [r for r in runs if r.params_key == key and not r.refused]
+    if not mine:
+        return None
+    newest = mine[-1]
+    tables = published_tables(newest)
+    if newest.status != "failed" or newest.recovered_by or not tables:
+        return None
+    target = job_file or "JOB_FILE"
+    return RefusedError(
+        f"run {newest.run_id} with these parameters failed after publishing to {', '.join(tables)}",
+        "a plain run would start a new logical run and publish that data again. Expected one of: "
+        f"`spark-recover run {target} --resume` (finish it, each sink exactly once), "
+        f"`spark-recover redo {newest.run_id}` (roll its sinks back, then replay it), or "
+        f"`spark-recover run {target} --new-run` (a new logical run that publishes again, on purpose)",
+        run_id=newest.run_id, tables=tables)

@@ -1,0 +1,84 @@
+"""A run's identity: a plain rerun never republishes, one key per parameter values, a lease per logical run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from spark_recover import lease
+from spark_recover.errors import RefusedError
+from spark_recover.fingerprint import digest
+from spark_recover.ledger import Ledger, this_process
+from spark_recover.rerun import new_run_id, params_key
+from spark_recover.storage import Layout
+from spark_recover.testing import crash_at, run_args, run_cli
+
+from conftest import SINK_JOB, check_tables, read_table
+
+
+def test_plain_rerun_after_a_published_sink_is_refused(spark, sink_job, source_data, clean_sinks, recover_root,
+                                                       tmp_path):
+    """Issue 24 §5: a scheduler retry without --resume republished the first sink (100 -> 200 rows)."""
+    out = tmp_path / "out"
+    params = {"data": str(source_data), "out": str(out), "day": "3"}
+    crashed = crash_at(SINK_JOB, "daily", "sink_after_commit", root=recover_root, params=params)
+    assert crashed.killed, crashed.stdout + crashed.stderr
+    published = read_table(spark, out, "daily_log").count()
+    assert published == len(clean_sinks["daily_log"])
+
+    retry = run_cli(*run_args(SINK_JOB, recover_root, params, []))  # the same command again, no --resume
+    assert retry.returncode == 3, retry.stdout + retry.stderr
+    for hint in ("--resume", f"spark-recover redo {crashed.run_id}", "--new-run"):
+        assert hint in retry.stderr
+    with pytest.raises(RefusedError, match="failed after publishing"):  # the API, with a typed value: one key
+        sink_job.run({**params, "day": 3}, root=recover_root, spark=spark, echo=False)
+    assert read_table(spark, out, "daily_log").count() == published  # nothing written by the refusals
+    assert [r.run_id for r in Ledger(Layout.at(recover_root)).runs()] == [crashed.run_id]
+
+    resumed = sink_job.run(params, resume_from=crashed.run_id, root=recover_root, spark=spark, echo=False)
+    assert resumed.status == "succeeded", resumed.error
+    assert resumed.origin_run_id == crashed.run_id
+    check_tables(spark, out, clean_sinks)  # each sink exactly once
+
+    again = sink_job.run(params, new_run=True, root=recover_root, spark=spark, echo=False)
+    assert again.status == "succeeded" and again.origin_run_id is None  # asked for: a new logical run
+    assert read_table(spark, out, "daily_log").count() == 2 * published
+
+
+def test_params_key_ignores_python_types_of_equal_values():
+    assert params_key({"n": 5, "day": "3"}) == params_key({"n": "5", "day": "3"})
+    assert params_key({"on": True, "xs": [1, 2]}) == params_key({"on": "true", "xs": ["1", "2"]})
+    assert params_key({"n": 5}) != params_key({"n": 6})
+    text = {"day": "2026-11-23", "data": "/d"}
+    assert params_key(text) == digest(text, 16)  # CLI runs recorded before keep their key
+
+
+def test_run_ids_carry_64_random_bits_and_are_never_reused(tmp_path):
+    ids = {new_run_id() for _ in range(1000)}
+    assert len(ids) == 1000 and all(len(i.split("-")[1]) == 16 for i in ids)
+    ledger = Ledger(Layout.at(str(tmp_path / "root")))
+    lease.claim(ledger, "j", "k", "r1", {"params_key": "k", "process": this_process()})
+    with pytest.raises(RefusedError, match="run id r1 is already in the ledger"):
+        lease.claim(ledger, "j", "other", "r1", {"params_key": "other", "process": this_process()})
+    assert len(ledger.runs()) == 1
+
+
+def test_two_resumes_of_one_logical_run_share_its_lease(tmp_path):
+    """Issue 24 §7: resumes with different overrides had different leases but one logical run and txnAppId."""
+    ledger = Ledger(Layout.at(str(tmp_path / "root")))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = {**this_process(), "pid": int(gone.stdout)}
+    lease.claim(ledger, "j", "k0", "first", {"params_key": "k0", "process": dead})  # failed: its driver died
+    lease.claim(ledger, "j", "k1", "resume-a", {"params_key": "k1", "origin_run_id": "first",
+                                                "process": this_process()})
+    with pytest.raises(RefusedError, match="run resume-a of job 'j' of logical run first is still running"):
+        lease.claim(ledger, "j", "k2", "resume-b", {"params_key": "k2", "origin_run_id": "first",
+                                                    "process": this_process()})
+    with pytest.raises(RefusedError, match="of logical run first"):  # a resume of the resume: same logical run
+        lease.claim(ledger, "j", "k3", "resume-c", {"params_key": "k3", "origin_run_id": "resume-a",
+                                                    "process": this_process()})
+    other = lease.claim(ledger, "j", "k9", "unrelated", {"params_key": "k9", "process": this_process()})
+    other.check()  # another logical run with other parameters: no conflict
+    assert sorted(r.run_id for r in ledger.runs()) == ["first", "resume-a", "unrelated"]
