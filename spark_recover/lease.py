@@ -15,18 +15,29 @@ A dead holder's lease expires (its process is gone, or its heartbeat is older
 than ``dead_after_seconds``), and a new run may take over. A run that was
 declared dead while it still ran has *lost* its lease: :func:`Claim.check`
 sees the newer run and the old run stops before writing any sink.
+
+A rollback (and a redo, rollback and replay under one hold) holds the same
+lease: :func:`hold` commits its start under the key's hold journal
+(``lease:<job>:<params key>``) the same way, as the very next commit after a
+version with no live run and no live hold of the key, and a run's
+:func:`claim` is refused while a hold is live. A hold is released by a commit
+when the rollback ends, however it ends; a holder that died expires like a
+dead run (its process is gone, or, on another host, ``dead_after_seconds``
+after it started). A process's own hold does not block it (redo).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime as dt
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from .errors import RefusedError
-from .ledger import LeaseConflict, Ledger, RunRecord
+from .ledger import LeaseConflict, Ledger, RunRecord, process_alive, this_process
 
-__all__ = ["Claim", "claim", "holder_error"]
+__all__ = ["Claim", "claim", "holder_error", "hold", "hold_key", "hold_is_live"]
 
 _ATTEMPTS = 200
 
@@ -72,6 +83,52 @@ def holder_error(holder: RunRecord, logical_run: str | None = None) -> RefusedEr
                         f"{holder.last_seen}", holder=holder.run_id)
 
 
+def hold_key(job: str, params_key: str) -> str:
+    """The ledger key of the hold journal of one job and parameters.
+
+    >>> hold_key("daily", "ab12")
+    'lease:daily:ab12'
+    """
+    return f"lease:{job}:{params_key}"
+
+
+def hold_is_live(journal: Mapping[str, Any] | None, dead_after: float,
+                 now: dt.datetime | None = None) -> bool:
+    """Whether a hold journal is held: started, not released, and its holder not known dead.
+
+    >>> hold_is_live({"finished": True}, 60.0)
+    False
+    >>> hold_is_live({"finished": False, "started_at": "2026-01-01T00:00:00Z",
+    ...               "attempt": {"process": {"host": "elsewhere", "pid": 1}}}, 60.0)
+    False
+    """
+    if not journal or journal.get("finished"):
+        return False
+    alive = process_alive((journal.get("attempt") or {}).get("process") or {})
+    if alive is not None:
+        return alive
+    started = dt.datetime.fromisoformat(str(journal.get("started_at")).replace("Z", "+00:00"))
+    return ((now or dt.datetime.now(dt.timezone.utc)) - started).total_seconds() <= dead_after
+
+
+def _live_hold(ledger: Ledger, job: str, params_key: str) -> dict[str, Any] | None:
+    """The key's live hold by another process, or ``None``."""
+    journal = ledger.journal(hold_key(job, params_key))
+    if not hold_is_live(journal, ledger.dead_after):
+        return None
+    return None if journal["attempt"].get("process") == this_process() else journal
+
+
+def _hold_error(job: str, journal: Mapping[str, Any]) -> RefusedError:
+    attempt = journal["attempt"]
+    process = attempt.get("process") or {}
+    return RefusedError(f"a rollback of run {attempt.get('of')} holds the lease of job {job!r} with these parameters",
+                        f"one run or rollback per job and parameters at a time; the rollback is pid "
+                        f"{process.get('pid')} on {process.get('host')}, started {journal.get('started_at')}. "
+                        "Retry once it has finished (a rollback that died expires like a dead run)",
+                        holder=f"rollback of {attempt.get('of')}", rollback_of=attempt.get("of"))
+
+
 def claim(ledger: Ledger, job: str, params_key: str, run_id: str, detail: Mapping[str, Any]) -> Claim:
     """Take the lease of ``job`` + ``params_key`` by committing ``run_started``, or refuse.
 
@@ -91,10 +148,58 @@ def claim(ledger: Ledger, job: str, params_key: str, run_id: str, detail: Mappin
         live = [r for r in runs if r.status == "running"]
         if live:
             raise holder_error(live[0], logical_run=logical if live[0].params_key != params_key else None)
+        held = _live_hold(ledger, job, params_key)
+        if held:
+            raise _hold_error(job, held)
         try:
             ledger.append(run_id, job, "run_started", only_at=version, detail=dict(detail))
         except LeaseConflict:
             continue  # someone committed first (maybe a rival): read again
         return dataclasses.replace(probe, known=frozenset(r.run_id for r in runs))
-    raise RefusedError("could not take the lease", f"the ledger at {ledger.uri} kept changing during "
-                       f"{_ATTEMPTS} attempts to commit run_started", run_id=run_id)
+    raise _busy(ledger, run_id)
+
+
+def _runs_of_key(ledger: Ledger, job: str, params_key: str, version: int) -> list[RunRecord]:
+    return [r for r in ledger.runs(job, version=version) if r.params_key == params_key] if version >= 0 else []
+
+
+def _busy(ledger: Ledger, holder: str) -> RefusedError:
+    return RefusedError("could not take the lease", f"the ledger at {ledger.uri} kept changing during "
+                        f"{_ATTEMPTS} attempts to commit the lease of {holder}", run_id=holder)
+
+
+@contextlib.contextmanager
+def hold(ledger: Ledger, job: str, params_key: str, of: str) -> Iterator[None]:
+    """Hold the lease of ``job`` + ``params_key`` for a rollback of run ``of``, or refuse.
+
+    Refused (:class:`RefusedError`, exit 3) while a run of the key is live or
+    another process holds it; re-entrant within one process (a redo's rollback
+    inside the redo's hold). Released on the way out, however the body ends.
+
+    >>> with hold(ledger, "daily_sales", key, run_id): ...   # doctest: +SKIP
+    """
+    key = hold_key(job, params_key)
+    journal = ledger.journal(key)
+    if hold_is_live(journal, ledger.dead_after) and journal["attempt"].get("process") == this_process():
+        yield  # this process holds it already
+        return
+    for _ in range(_ATTEMPTS):
+        version = ledger.version()
+        live = [r for r in _runs_of_key(ledger, job, params_key, version) if r.status == "running"]
+        if live:
+            raise holder_error(live[0])
+        held = _live_hold(ledger, job, params_key)
+        if held:
+            raise _hold_error(job, held)
+        try:
+            ledger.append(key, "", "rollback_started", only_at=version,
+                          detail={"attempt": {"of": of, "process": this_process()}})
+        except LeaseConflict:
+            continue
+        break
+    else:
+        raise _busy(ledger, f"the rollback of {of}")
+    try:
+        yield
+    finally:
+        ledger.append(key, "", "rollback_finished")

@@ -165,12 +165,18 @@ class RunRecord:
 
     @property
     def status(self) -> str:
-        """``running``, ``succeeded``, ``failed`` (a dead or refused run counts as failed), ``rolled_back``."""
+        """``running``, ``succeeded``, ``failed`` (a dead or refused run counts as failed), ``rolled_back``.
+
+        A live driver is ``running`` whatever else the ledger says: a rollback that
+        seems to cover it must not let the lease, gc or a rollback forget it.
+        """
+        if not self.finished and self.alive:
+            return "running"
         if self.rolled_back:
             return "rolled_back"
         if self.finished:
             return self.final_status if self.final_status == "succeeded" else "failed"
-        return "running" if self.alive else "failed"
+        return "failed"
 
     @property
     def died(self) -> bool:

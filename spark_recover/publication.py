@@ -22,7 +22,7 @@ feeds it what the ledger and the tables say.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Collection, Iterable, Mapping, Sequence
 
 from .errors import RefusedError
 from .fingerprint import digest
@@ -31,7 +31,7 @@ from .ledger import RunRecord
 from .storage import Layout, Target, canonical
 
 __all__ = ["SinkTarget", "Prior", "Decision", "app_id", "redirected", "resolve_sinks", "priors", "data_identity", "decide",
-           "recovery_point", "taken_versions"]
+           "recovery_point", "taken_versions", "created_tables"]
 
 
 def app_id(job: str, params_key: str, target: Target) -> str:
@@ -66,13 +66,16 @@ def redirected(sink_root: str, location: str) -> str:
     return f"{sink_root.rstrip('/')}/{name}-{digest(canonical(location), 8)}"
 
 
-def resolve_sinks(job: Job, params: Mapping[str, Any], layout: Layout,
-                  sink_root: str | None = None) -> list[SinkTarget]:
+def resolve_sinks(job: Job, params: Mapping[str, Any], layout: Layout, sink_root: str | None = None,
+                  created: Collection[str] = ()) -> list[SinkTarget]:
     """Fill and check every sink before a run starts (:class:`UsageError`, exit 2, on a problem).
 
     A missing ``{param}`` in a path or predicate, or a path that holds files
-    which are not a Delta table, stops the run before it writes anything. With
-    ``sink_root`` (a drill), path sinks are written under it instead.
+    which are not a Delta table's (a plain parquet dataset), stops the run before
+    it writes anything: a rollback could not tell those files from the table's.
+    ``created`` are the tables (canonical) a replayed logical run found absent:
+    what its killed writer left there is its own. With ``sink_root`` (a drill),
+    path sinks are written under it instead.
     """
     from .errors import UsageError
     from .sinks import fill_predicate
@@ -88,14 +91,34 @@ def resolve_sinks(job: Job, params: Mapping[str, Any], layout: Layout,
             location = redirected(sink_root, location)
         target = layout.target(location, catalog=sink.table is not None)
         predicate = fill_predicate(sink.predicate, params) if sink.predicate else None
-        strangers = [] if target.catalog else target.strangers(target.location)
-        if strangers:
-            raise UsageError(f"sink of stage {sink.stage!r} points at a folder that is not a Delta table",
-                             f"expected a Delta table or nothing at {target.location}, found "
-                             f"{', '.join(strangers[:5])}{' ...' if len(strangers) > 5 else ''}; "
-                             "choose another path, or convert it to Delta first", table=target.location)
+        if not target.catalog and canonical(target.location) not in created:
+            _check_sink_folder(sink.stage, target)
         out.append(SinkTarget(sink, target, predicate))
     return out
+
+
+def _check_sink_folder(stage: str, target: Target) -> None:
+    """Refuse a sink folder holding files that are not a Delta table's (naming a few, and how many)."""
+    from .errors import UsageError
+
+    strangers = target.strangers(target.location)
+    if strangers:
+        raise UsageError(f"sink of stage {stage!r} points at a folder that is not a Delta table",
+                         f"expected a Delta table, an empty folder or nothing at {target.location}, found "
+                         f"{len(strangers)} file{'s' if len(strangers) > 1 else ''} that are not a Delta "
+                         f"table's ({', '.join(strangers[:5])}{', ...' if len(strangers) > 5 else ''}); "
+                         "choose another path, or convert it to Delta first", table=target.location,
+                         files=strangers[:20], count=len(strangers))
+
+
+def created_tables(lineage: Sequence[RunRecord]) -> set[str]:
+    """The tables (canonical) a logical run's recovery point records as absent: its runs create them.
+
+    >>> created_tables([])
+    set()
+    """
+    point, _ = recovery_point(lineage, [], {})
+    return {canonical(t) for t, state in point.items() if not state.get("exists")}
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import secrets
 import time
 from typing import Any, Callable, Mapping, Sequence
 
-from . import checkpoint, failpoints
+from . import checkpoint, failpoints, lease, table_files
 from .config import Settings, load_settings
 from .errors import DamagedStateError, RecoveryPointError, RefusedError, RollbackError, UsageError
 from .ledger import Ledger, RunRecord
@@ -165,10 +165,11 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
     """Restore every table a run wrote (or a named point covers) to its recovery point.
 
     A run's rollback covers its logical run (the run, what it replays and what
-    replayed it). Returns the journal: tables restored, restore versions,
-    files, seconds and the recovery rate D = tables restored / mean seconds
-    per table. A rollback that crashed is finished by running it again (with
-    ``--force`` kept if the first attempt had it).
+    replayed it) and holds the lease of its job and parameters (refused, exit 3,
+    while a run of them is live). Returns the journal: tables restored, restore
+    versions, files, seconds and the recovery rate D = tables restored / mean
+    seconds per table. A rollback that crashed is finished by running it again
+    (with ``--force`` kept if the first attempt had it).
 
     >>> spark_recover.rollback(result.run_id)   # doctest: +SKIP
     """
@@ -177,14 +178,23 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
         raise UsageError("rollback needs a run id or --point NAME", "expected exactly one of them")
     settings = settings or load_settings(root=root)
     ledger = _ledger(settings)
-    layout = ledger.layout
     failpoints.check(None)
+    if point is not None:  # a named point covers any tables, of no job: it holds no lease
+        return _roll_back(ledger, settings, spark, say, point=point, force=force)
+    record = ledger.run(run_id)
+    with lease.hold(ledger, record.job, record.params_key, run_id):
+        return _roll_back(ledger, settings, spark, say, run_id=run_id, force=force)
+
+
+def _roll_back(ledger: Ledger, settings: Settings, spark, say: Callable[[str], None], *,
+               run_id: str | None = None, point: str | None = None, force: bool) -> dict[str, Any]:
+    layout = ledger.layout
     if point is not None:
         points = ledger.points()
         if point not in points:
             raise RecoveryPointError(f"unknown recovery point {point!r}",
                                      f"known points: {sorted(points) or 'none'}", point=point)
-        journal_id, targets, ours = f"point:{point}", points[point]["tables"], set()
+        journal_id, targets, ours = f"point:{point}", points[point]["tables"], None
         journal = ledger.journal(journal_id)
     else:
         record, targets, ours = _run_targets(ledger, run_id)
@@ -203,13 +213,8 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
     tables = {t: layout.target(t, catalog[t]) for t in targets}
     states = {t: table_state(spark, tables[t]) for t in targets}
 
-    if point is None:
-        foreign = {t: c for t in targets if (c := _foreign_commits(tables[t], states[t], targets[t], ours))}
-        if foreign and not force:
-            listing = "; ".join(f"{t}: {', '.join(c)}" for t, c in foreign.items())
-            raise RefusedError("other writers committed after the run",
-                               f"rolling back would discard their commits: {listing}. "
-                               "Pass --force to restore anyway", tables=sorted(foreign))
+    if ours is not None and not force:
+        _refuse_foreign({t: _foreign_commits(tables[t], states[t], targets[t], ours) for t in targets})
     for table, state in states.items():  # a point whose files are gone cannot be restored
         target_point = targets[table]
         if target_point.get("exists") and state.exists:
@@ -242,8 +247,9 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
             if target.catalog:  # a catalog table's RESTORE or DROP is Spark's work
                 spark = _spark(spark, settings)
             t0 = time.monotonic()
-            metrics = _restore(lambda: _spark(spark, settings), target, target_point,
-                               {"rollback_of": journal_id, "attempt": attempt})
+            metrics = _restore_checked(lambda: _spark(spark, settings), target, target_point,
+                                       {"rollback_of": journal_id, "attempt": attempt},
+                                       checked=states[table].version, ours=ours, force=force)
             failpoints.hit("rollback", "after_restore")
             after = table_state(spark, target)
             if not _at_point(target, after, target_point):
@@ -268,49 +274,122 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
     return {"id": journal_id, "restored": restored, "metrics": summary, "noop": False}
 
 
+def _refuse_foreign(foreign: Mapping[str, list[str]]) -> None:
+    """Refuse (exit 3), naming them, when other writers committed after the run."""
+    foreign = {t: c for t, c in foreign.items() if c}
+    if foreign:
+        listing = "; ".join(f"{t}: {', '.join(c)}" for t, c in foreign.items())
+        raise RefusedError("other writers committed after the run",
+                           f"rolling back would discard their commits: {listing}. "
+                           "Pass --force to restore anyway", tables=sorted(foreign))
+
+
 def _check_removable(target: Target) -> None:
-    """A table the run created is removed whole: only if its folder holds nothing but the table."""
-    strangers = target.strangers(target.location)
+    """A table the run created is removed: only if its folder holds nothing its log never referenced."""
+    strangers = table_files.unlogged_files(target, target.location)
     if strangers:
         raise RefusedError(f"{target.location} holds files that are not the Delta table's",
-                           f"rolling back would remove the table the run created, and with it "
-                           f"{', '.join(sorted(strangers)[:5])}; nothing was changed. Move those files "
-                           "away, then run the rollback again", table=target.location)
+                           f"rolling back would remove the table the run created, and its log never referenced "
+                           f"{len(strangers)} file{'s' if len(strangers) > 1 else ''} there "
+                           f"({', '.join(strangers[:5])}{', ...' if len(strangers) > 5 else ''}); nothing was "
+                           "changed. Move those files away, then run the rollback again",
+                           table=target.location, files=strangers[:20], count=len(strangers))
+
+
+class _Moved(Exception):
+    """The table is no longer at the version the rollback checked: a commit came in between."""
+
+
+_RESTORE_ATTEMPTS = 5
+
+
+def _restore_checked(spark: Callable[[], Any], target: Target, point: Mapping[str, Any], tag: Mapping[str, str],
+                     *, checked: int | None, ours: set[str] | None, force: bool) -> dict[str, Any]:
+    """Restore one table only from the version that was checked; a commit in between is checked again.
+
+    A foreign commit found then refuses the rollback (exit 3) unless ``force``;
+    commits of the run's own lineage, and any commit under a named point's
+    rollback (``ours`` is ``None``: it discards what came after by definition),
+    are restored over from the new version.
+    """
+    for _ in range(_RESTORE_ATTEMPTS):
+        try:
+            return _restore(spark, target, point, tag, checked, force)
+        except _Moved:
+            now = table_state(None if not target.catalog else spark(), target)
+            if ours is not None and not force:
+                _refuse_foreign({target.location: _foreign_commits(target, now, point, ours)})
+            checked = now.version
+    raise RefusedError(f"{target.location} kept changing during the rollback",
+                       f"{_RESTORE_ATTEMPTS} restores each found a newer commit than the one checked; "
+                       "run the rollback again once its writers have stopped", table=target.location)
 
 
 def _restore(spark: Callable[[], Any], target: Target, point: Mapping[str, Any],
-             tag: Mapping[str, str]) -> dict[str, Any]:
-    """Put one table back to its point. ``spark()`` gives a session, started only if needed.
+             tag: Mapping[str, str], checked: int | None, force: bool) -> dict[str, Any]:
+    """Put one table back to its point, from version ``checked`` only (:class:`_Moved` otherwise).
 
-    A path table is restored by delta-rs: a metadata-only commit (the point's
-    files added back, the later ones removed), milliseconds against seconds
-    and a JVM for Spark's RESTORE; the commit reads as a ``RESTORE`` with our
-    ``userMetadata`` to both. A protocol delta-rs cannot write, and catalog
-    tables, go to Spark's RESTORE.
+    ``spark()`` gives a session, started only if needed. A path table is
+    restored by delta-rs: a metadata-only commit (the point's files added back,
+    the later ones removed), milliseconds against seconds and a JVM for Spark's
+    RESTORE; the commit reads as a ``RESTORE`` with our ``userMetadata`` to
+    both. It is made on the table loaded at ``checked`` with no commit retries,
+    so it can only be version ``checked + 1``: a commit in between makes it
+    fail. A protocol delta-rs cannot write, and catalog tables, go to Spark's
+    RESTORE, which cannot be pinned to a version: the version is checked just
+    before it, and the commits are checked again right after (unless ``force``).
     """
     import deltalake
 
+    text = json.dumps(dict(tag))
     if not point.get("exists"):  # the run created the table: remove it
         if target.catalog:
             spark().sql(f"DROP TABLE IF EXISTS {target.location}")
-        else:
-            _check_removable(target)
-            target.delete_tree(target.location)
-        return {"files": 0, "removed_table": True}
-    text = json.dumps(dict(tag))
+            return {"files": 0, "removed_table": True}
+        _check_removable(target)
+        if _version(target) != checked:
+            raise _Moved()
+        return {"files": table_files.remove_table(target, target.location), "removed_table": True}
     if not target.catalog:
         try:
-            metrics = target.delta(target.location).restore(
-                int(point["version"]),
-                commit_properties=deltalake.CommitProperties(custom_metadata={"userMetadata": text}))
+            metrics = target.delta(target.location, version=checked).restore(
+                int(point["version"]), commit_properties=deltalake.CommitProperties(
+                    custom_metadata={"userMetadata": text}, max_commit_retries=0))
             return {"files": _restored_files(metrics), "restore_metrics": dict(metrics), "engine": "delta-rs"}
+        except deltalake.exceptions.CommitFailedError:
+            raise _Moved() from None
         except deltalake.exceptions.DeltaError:
-            pass  # a table feature delta-rs cannot write (or a failed commit): Spark's RESTORE below
-    with isolated_session(spark(), {"spark.databricks.delta.commitInfo.userMetadata": text}) as session:
-        row = session.sql(f"RESTORE TABLE {target.ident} TO VERSION AS OF {int(point['version'])}").first()
+            pass  # a table feature delta-rs cannot write: Spark's RESTORE below
+    session = spark()
+    if table_state(session, target).version != checked:
+        raise _Moved()
+    with isolated_session(session, {"spark.databricks.delta.commitInfo.userMetadata": text}) as isolated:
+        row = isolated.sql(f"RESTORE TABLE {target.ident} TO VERSION AS OF {int(point['version'])}").first()
+    if not force:
+        _refuse_landed_during(session, target, checked, text)
     data = row.asDict() if row is not None else {}
     return {"files": int(data.get("num_restored_files", 0) or 0) + int(data.get("num_removed_files", 0) or 0),
             "restore_metrics": {k: v for k, v in data.items()}, "engine": "spark"}
+
+
+def _version(target: Target) -> int | None:
+    return target.delta(target.location).version() if target.is_delta(target.location) else None
+
+
+def _refuse_landed_during(session, target: Target, checked: int, text: str) -> None:
+    """Refuse (exit 3) when commits landed while Spark's RESTORE ran: it may have restored them away."""
+    state = table_state(session, target)
+    landed = [c for c in target.delta(state.uri).history() if c["version"] > checked
+              and c.get("userMetadata") != text]
+    if landed:
+        mine = max(c["version"] for c in target.delta(state.uri).history() if c.get("userMetadata") == text)
+        raise RefusedError(
+            f"other writers committed to {target.location} while it was restored",
+            "Spark's RESTORE cannot be made conditional on a version, and versions "
+            f"{', '.join(str(c['version']) for c in landed)} landed during it, so it may have undone them. "
+            f"Bring them back with `RESTORE TABLE {target.ident} TO VERSION AS OF {mine - 1}`, then run the "
+            "rollback again (with --force to discard them)", table=target.location,
+            versions=[c["version"] for c in landed])
 
 
 def _restored_files(metrics: Mapping[str, Any]) -> int:
@@ -323,6 +402,9 @@ def redo(job, run_id: str, *, from_stage: str | None = None, root: str | None = 
          settings: Settings | None = None, spark=None, force: bool = False, echo: bool = True):
     """Roll back ``run_id``'s sinks, then replay it from ``from_stage`` (or its first invalid stage).
 
+    Both happen under one hold of the job-and-parameters lease: no other run of
+    them can start between the rollback and the replay.
+
     >>> job.redo(result.run_id, from_stage="daily")   # doctest: +SKIP
     """
     from .runner import resume_job
@@ -330,8 +412,9 @@ def redo(job, run_id: str, *, from_stage: str | None = None, root: str | None = 
     settings = settings or load_settings(root=root)
     if from_stage is not None:
         job.downstream([from_stage])  # validate before changing anything
-    rollback(run_id, force=force, settings=settings, spark=spark, echo=echo)
-    return resume_job(job, run_id, settings=settings, spark=spark, echo=echo,
-                      rerun=[from_stage] if from_stage else ())
-
-
+    ledger = _ledger(settings)
+    record = ledger.run(run_id)
+    with lease.hold(ledger, record.job, record.params_key, run_id):
+        rollback(run_id, force=force, settings=settings, spark=spark, echo=echo)
+        return resume_job(job, run_id, settings=settings, spark=spark, echo=echo,
+                          rerun=[from_stage] if from_stage else ())

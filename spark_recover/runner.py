@@ -216,12 +216,13 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
         raise UsageError(f"job {job.name!r} has no stages", "expected at least one @job.stage")
     failpoints.check(stage_names)
     job.downstream(list(rerun))  # validates the names
-    targets = publication.resolve_sinks(job, ctx.params, ctx.layout, ctx.settings.sink_root)
     lineage = _check_replayable(ctx, resume_from) if resume_from is not None else []
     if resume_from is None and not new_run:
         refusal = plain_rerun_refusal(ctx.ledger.runs(job.name), ctx.params_key, job.file)
         if refusal is not None:
             raise refusal
+    targets = publication.resolve_sinks(job, ctx.params, ctx.layout, ctx.settings.sink_root,
+                                        created=publication.created_tables(lineage))
     if spark is None and (session.attached() or ctx.settings.remote):
         spark = session.get_spark(ctx.settings)  # spark-submit made it, or a Connect server: cheap, says where we run
     _check_cluster_storage(ctx, session.master(spark) if spark is not None else

@@ -229,12 +229,18 @@ class Storage:
         pafs.copy_files(src, dst, source_filesystem=fs, destination_filesystem=fs)
 
     def strangers(self, location: str) -> list[str]:
-        """What a Delta table's folder holds that is not the table's (nor a crashed writer's).
+        """What a folder holds that is not a Delta table's, before a run writes a table there.
 
-        A table is its ``_delta_log``, data files, partition folders and deletion
-        vectors; a writer killed before its first commit leaves only those too.
+        A folder with a ``_delta_log`` is a table: names no table writes at its top
+        (a ``README.txt``) are strangers. A folder without one holds no table, so
+        every file under it is (a plain parquet dataset, its ``_SUCCESS``, its
+        ``year=2024/`` folders), as relative paths. An empty or missing folder
+        holds none.
         """
-        return sorted(e for e in self.entries(location) or [] if not _TABLE_ENTRY.match(e))
+        entries = self.entries(location) or []
+        if "_delta_log" in entries and self.is_delta(location):
+            return sorted(e for e in entries if not _TABLE_ENTRY.match(e))
+        return self.files(location)
 
     def entries(self, location: str) -> list[str] | None:
         """Names directly under a folder, or ``None`` when nothing is there."""
@@ -247,6 +253,17 @@ class Storage:
         if info.type == pafs.FileType.File:
             return [base.rsplit("/", 1)[-1]]
         return [i.base_name for i in fs.get_file_info(pafs.FileSelector(base))]
+
+    def files(self, location: str) -> list[str]:
+        """Every file under a folder (not its folders), as sorted paths relative to it."""
+        import pyarrow.fs as pafs
+
+        fs, base = self.filesystem(location)
+        kind = fs.get_file_info(base).type
+        if kind != pafs.FileType.Directory:
+            return [base.rsplit("/", 1)[-1]] if kind == pafs.FileType.File else []
+        infos = fs.get_file_info(pafs.FileSelector(base, recursive=True))
+        return sorted(i.path[len(base.rstrip("/")) + 1:] for i in infos if i.type == pafs.FileType.File)
 
 
 @dataclass(frozen=True)
