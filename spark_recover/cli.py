@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from .config import Settings, load_settings
 from .errors import RecoverError, UsageError
+from .project import project_folder
 
 __all__ = ["main", "job_main", "parse_params"]
 
@@ -38,9 +39,10 @@ def parse_params(items: Sequence[str] | None) -> dict[str, str]:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", help="where checkpoints and the ledger live "
-                        "(default: $SPARK_RECOVER_ROOT, the conf file, or ./.spark-recover)")
-    parser.add_argument("--conf", help="a TOML settings file (default: conf/spark-recover.toml if present)")
+    parser.add_argument("--root", help="where checkpoints and the ledger live (default: $SPARK_RECOVER_ROOT, "
+                        "the conf file, or .spark-recover in the job's project folder)")
+    parser.add_argument("--conf", help="a TOML settings file (default: conf/spark-recover.toml in the job's "
+                        "project folder, if present)")
     parser.add_argument("--verbose", action="store_true", help="show Spark's own logging and progress")
     parser.add_argument("--remote", metavar="sc://HOST:PORT",
                         help="run on this Spark Connect server (default: $SPARK_REMOTE, the conf file)")
@@ -129,8 +131,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(conf_file=args.conf, root=args.root, verbose=args.verbose, remote=args.remote)
+def _settings(args: argparse.Namespace, project: str | None = None) -> Settings:
+    """The command's settings: the default root and conf file are in ``project`` (else the working directory)."""
+    return load_settings(conf_file=args.conf, root=args.root, verbose=args.verbose, remote=args.remote,
+                         project=project)
 
 
 def _ledger(settings: Settings):
@@ -148,9 +152,9 @@ def _cmd_run(args: argparse.Namespace, job=None) -> int:
     from .job import load_job
     from .runner import replay_choice, run_job
 
-    settings = _settings(args)
-    params = parse_params(args.param)
     job = job or load_job(args.job_file, args.job)
+    settings = _settings(args, job.project)
+    params = parse_params(args.param)
     origin = None
     if args.resume:
         origin, why = replay_choice(_ledger(settings), job, params)
@@ -165,7 +169,7 @@ def _cmd_run(args: argparse.Namespace, job=None) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     from .runner import resume_job
 
-    settings = _settings(args)
+    settings = _settings(args, project_folder(args.job_file))
     overrides = parse_params(args.param)
     job = _load_job_of(args.run_id, settings, args.job_file)
     result = resume_job(job, args.run_id, settings=settings, params=overrides, rerun=args.rerun,
@@ -186,7 +190,7 @@ def _load_job_of(run_id: str, settings: Settings, job_file: str | None):
 def _cmd_redo(args: argparse.Namespace) -> int:
     from .recovery import redo
 
-    settings = _settings(args)
+    settings = _settings(args, project_folder(args.job_file))
     job = _load_job_of(args.run_id, settings, args.job_file)
     return _finish(redo(job, args.run_id, from_stage=args.from_stage, settings=settings, force=args.force))
 
@@ -235,9 +239,9 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 def _cmd_drill(args: argparse.Namespace) -> int:
     from .drill import drill, drill_text
 
+    settings = _settings(args, project_folder(args.job_file))
     report = drill(args.job_file, parse_params(args.param), kills=args.kills, seed=args.seed,
-                   with_rollback=args.with_rollback, damage=args.damage, settings=_settings(args),
-                   echo=not args.json)
+                   with_rollback=args.with_rollback, damage=args.damage, settings=settings, echo=not args.json)
     print(json.dumps(report, indent=2) if args.json else "\n" + drill_text(report))
     return 0 if report["ok"] else 1
 
