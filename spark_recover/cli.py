@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -169,29 +170,41 @@ def _cmd_run(args: argparse.Namespace, job=None) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     from .runner import resume_job
 
-    settings = _settings(args, project_folder(args.job_file))
+    job, settings = _replay_of(args)
     overrides = parse_params(args.param)
-    job = _load_job_of(args.run_id, settings, args.job_file)
     result = resume_job(job, args.run_id, settings=settings, params=overrides, rerun=args.rerun,
                         refresh_sources=args.refresh_sources)
     return _finish(result)
 
 
-def _load_job_of(run_id: str, settings: Settings, job_file: str | None):
+def _replay_of(args: argparse.Namespace):
+    """The job and settings a resume or redo of ``args.run_id`` runs with.
+
+    What the run recorded, unless the command says otherwise: its job file
+    (else ``--job-file``) and its conf file (else ``--conf``/``$SPARK_RECOVER_CONF``),
+    so a replay started from any folder runs the same job with the same settings.
+    """
     from .job import load_job
 
-    origin = _ledger(settings).run(run_id)
-    path = job_file or origin.job_file
+    settings = _settings(args, project_folder(args.job_file))
+    origin = _ledger(settings).run(args.run_id)
+    path = args.job_file or origin.job_file
     if not path:
-        raise UsageError(f"run {run_id} recorded no job file", "pass --job-file PATH")
-    return load_job(path, origin.job)
+        raise UsageError(f"run {args.run_id} recorded no job file", "pass --job-file PATH")
+    if origin.conf_file and not (args.conf or os.environ.get("SPARK_RECOVER_CONF")):
+        if not os.path.isfile(origin.conf_file):
+            raise UsageError(f"run {args.run_id} ran with conf file {origin.conf_file}, which is gone",
+                             "expected that file to resume with the same settings; pass --conf FILE to "
+                             "resume with other settings", conf_file=origin.conf_file)
+        settings = load_settings(conf_file=origin.conf_file, root=settings.root, verbose=args.verbose,
+                                 remote=args.remote)
+    return load_job(path, origin.job), settings
 
 
 def _cmd_redo(args: argparse.Namespace) -> int:
     from .recovery import redo
 
-    settings = _settings(args, project_folder(args.job_file))
-    job = _load_job_of(args.run_id, settings, args.job_file)
+    job, settings = _replay_of(args)
     return _finish(redo(job, args.run_id, from_stage=args.from_stage, settings=settings, force=args.force))
 
 

@@ -23,7 +23,7 @@ from spark_recover import Job
 from spark_recover.config import load_settings
 from spark_recover.project import project_folder
 from spark_recover.storage import anchored, read_delta
-from spark_recover.testing import run_cli, runs_of
+from spark_recover.testing import job_env, run_cli, runs_of
 
 from conftest import LOCAL_MODE
 
@@ -182,36 +182,68 @@ job.sink("per_day", path="out/per_day", mode="append")
 '''
 
 
-def test_a_retry_from_another_folder_resumes_and_publishes_once(tmp_path):
+def _job_project(tmp_path: Path, conf: str) -> tuple[Path, Path]:
+    """A project holding the job, its source table and, at ``conf``, the test's Spark settings."""
     project = _project(tmp_path)
     job_file = project / "jobs" / "daily" / "paths_job.py"
     job_file.write_text(JOB)
     ids = list(range(1000))
     deltalake.write_deltalake(str(project / "data" / "events"), pa.table(
         {"store_id": [i % 50 for i in ids], "day": [str(i % 7) for i in ids], "qty": [i % 5 for i in ids]}))
-    first_dir, retry_dir = tmp_path / "a", tmp_path / "b"
-    first_dir.mkdir()
-    retry_dir.mkdir()
-    env = {**LOCAL_MODE, "SPARK_RECOVER_ROOT": None}  # the defaults: no --root, no root in the environment
+    (project / conf).parent.mkdir(parents=True, exist_ok=True)
+    (project / conf).write_text(Path(job_env()["SPARK_RECOVER_CONF"]).read_text())
+    return project, job_file
 
-    crashed = run_cli("run", str(job_file), cwd=str(first_dir),
-                      env={**env, "SPARK_RECOVER_FAILPOINT": "per_store:sink_after_commit"})
-    assert crashed.killed, crashed.stdout + crashed.stderr
-    retried = run_cli("run", str(job_file), "--resume", cwd=str(retry_dir), env=env)
-    assert retried.returncode == 0, retried.stdout + retried.stderr
-    assert f"resuming failed run {crashed.run_id}" in retried.stdout
 
+def _check_published_once(project: Path, crashed, retried) -> None:
     root = project / ".spark-recover"
     runs = runs_of(str(root))
     assert [(r.run_id, r.origin_run_id, r.status) for r in runs] == [
         (crashed.run_id, None, "failed"), (retried.run_id, crashed.run_id, "succeeded")]
-    assert {r.job_file for r in runs} == {str(job_file)}
+    assert {r.job_file for r in runs} == {str(project / "jobs" / "daily" / "paths_job.py")}
     started = [json.loads(e["detail"]) for e in read_delta(str(root / "ledger" / "events")).to_pylist()
                if e["event"] == "run_started"]
     sinks = [str(project / "out" / "per_store"), str(project / "out" / "per_day")]
     assert [(d["root"], d["sinks"]) for d in started] == [(str(root), sinks)] * 2
-    assert all(os.path.isabs(d["conf_file"]) for d in started)
-    assert runs[1].sinks[str(project / "out" / "per_store")]["skipped_duplicate"] is True
-    assert read_delta(str(project / "out" / "per_store")).num_rows == 50  # once, not twice
-    assert read_delta(str(project / "out" / "per_day")).num_rows == 7
-    assert sorted(os.listdir(first_dir)) == [] and sorted(os.listdir(retry_dir)) == []
+    assert runs[1].sinks[sinks[0]]["skipped_duplicate"] is True
+    assert read_delta(sinks[0]).num_rows == 50  # once, not twice
+    assert read_delta(sinks[1]).num_rows == 7
+
+
+#: The defaults: no --root or --conf, none in the environment either.
+DEFAULTS = {**LOCAL_MODE, "SPARK_RECOVER_ROOT": None, "SPARK_RECOVER_CONF": None}
+
+
+def test_a_retry_from_another_folder_resumes_and_publishes_once(tmp_path):
+    project, job_file = _job_project(tmp_path, "conf/spark-recover.toml")
+    first_dir, retry_dir = tmp_path / "a", tmp_path / "b"
+    first_dir.mkdir()
+    retry_dir.mkdir()
+
+    crashed = run_cli("run", str(job_file), cwd=str(first_dir),
+                      env={**DEFAULTS, "SPARK_RECOVER_FAILPOINT": "per_store:sink_after_commit"})
+    assert crashed.killed, crashed.stdout + crashed.stderr
+    retried = run_cli("run", str(job_file), "--resume", cwd=str(retry_dir), env=DEFAULTS)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert f"resuming failed run {crashed.run_id}" in retried.stdout
+
+    _check_published_once(project, crashed, retried)
+    assert {r.conf_file for r in runs_of(str(project / ".spark-recover"))} == {
+        str(project / "conf" / "spark-recover.toml")}  # the project's, found from the job file
+    assert os.listdir(first_dir) == [] and os.listdir(retry_dir) == []
+
+
+def test_resume_of_a_run_id_uses_the_recorded_job_and_conf_file(tmp_path):
+    project, job_file = _job_project(tmp_path, "settings/mine.toml")
+    elsewhere = tmp_path / "b"
+    elsewhere.mkdir()
+    crashed = run_cli("run", "jobs/daily/paths_job.py", "--conf", "settings/mine.toml", cwd=str(project),
+                      env={**DEFAULTS, "SPARK_RECOVER_FAILPOINT": "per_store:sink_after_commit"})
+    assert crashed.killed, crashed.stdout + crashed.stderr
+    root = str(project / ".spark-recover")
+    retried = run_cli("resume", crashed.run_id, "--root", root, cwd=str(elsewhere), env=DEFAULTS)
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+
+    _check_published_once(project, crashed, retried)
+    assert {r.conf_file for r in runs_of(root)} == {str(project / "settings" / "mine.toml")}
+    assert os.listdir(elsewhere) == []
