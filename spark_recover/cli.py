@@ -177,7 +177,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     return _finish(result)
 
 
-def _replay_of(args: argparse.Namespace):
+def _replay_of(args: argparse.Namespace) -> tuple[Any, Settings]:
     """The job and settings a resume or redo of ``args.run_id`` runs with.
 
     What the run recorded, unless the command says otherwise: its job file

@@ -46,8 +46,8 @@ class Source:
     """An input table. A Delta source is pinned to its version at run start.
 
     ``path`` may hold ``{param}`` placeholders, filled from the run parameters;
-    a relative path is under the job's ``project`` folder. Non-Delta sources (``format="parquet"``, ...) are fingerprinted by their
-    file listing.
+    a relative path is under the job's ``project`` folder. Non-Delta sources
+    (``format="parquet"``, ...) are fingerprinted by their file listing.
     """
 
     name: str
