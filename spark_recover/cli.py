@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any, Sequence
 
 from .config import Settings, load_settings
 from .errors import RecoverError, UsageError
+from .project import project_folder
 
 __all__ = ["main", "job_main", "parse_params"]
 
@@ -38,9 +40,10 @@ def parse_params(items: Sequence[str] | None) -> dict[str, str]:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", help="where checkpoints and the ledger live "
-                        "(default: $SPARK_RECOVER_ROOT, the conf file, or ./.spark-recover)")
-    parser.add_argument("--conf", help="a TOML settings file (default: conf/spark-recover.toml if present)")
+    parser.add_argument("--root", help="where checkpoints and the ledger live (default: $SPARK_RECOVER_ROOT, "
+                        "the conf file, or .spark-recover in the job's project folder)")
+    parser.add_argument("--conf", help="a TOML settings file (default: conf/spark-recover.toml in the job's "
+                        "project folder, if present)")
     parser.add_argument("--verbose", action="store_true", help="show Spark's own logging and progress")
     parser.add_argument("--remote", metavar="sc://HOST:PORT",
                         help="run on this Spark Connect server (default: $SPARK_REMOTE, the conf file)")
@@ -132,8 +135,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    return load_settings(conf_file=args.conf, root=args.root, verbose=args.verbose, remote=args.remote)
+def _settings(args: argparse.Namespace, project: str | None = None) -> Settings:
+    """The command's settings: the default root and conf file are in ``project`` (else the working directory)."""
+    return load_settings(conf_file=args.conf, root=args.root, verbose=args.verbose, remote=args.remote,
+                         project=project)
 
 
 def _ledger(settings: Settings):
@@ -151,9 +156,9 @@ def _cmd_run(args: argparse.Namespace, job=None) -> int:
     from .job import load_job
     from .runner import replay_choice, run_job
 
-    settings = _settings(args)
-    params = parse_params(args.param)
     job = job or load_job(args.job_file, args.job)
+    settings = _settings(args, job.project)
+    params = parse_params(args.param)
     origin = None
     if args.resume and args.new_run:
         raise UsageError("--resume and --new-run together", "expected one of them: --resume replays the newest "
@@ -171,29 +176,41 @@ def _cmd_run(args: argparse.Namespace, job=None) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     from .runner import resume_job
 
-    settings = _settings(args)
+    job, settings = _replay_of(args)
     overrides = parse_params(args.param)
-    job = _load_job_of(args.run_id, settings, args.job_file)
     result = resume_job(job, args.run_id, settings=settings, params=overrides, rerun=args.rerun,
                         refresh_sources=args.refresh_sources)
     return _finish(result)
 
 
-def _load_job_of(run_id: str, settings: Settings, job_file: str | None):
+def _replay_of(args: argparse.Namespace) -> tuple[Any, Settings]:
+    """The job and settings a resume or redo of ``args.run_id`` runs with.
+
+    What the run recorded, unless the command says otherwise: its job file
+    (else ``--job-file``) and its conf file (else ``--conf``/``$SPARK_RECOVER_CONF``),
+    so a replay started from any folder runs the same job with the same settings.
+    """
     from .job import load_job
 
-    origin = _ledger(settings).run(run_id)
-    path = job_file or origin.job_file
+    settings = _settings(args, project_folder(args.job_file))
+    origin = _ledger(settings).run(args.run_id)
+    path = args.job_file or origin.job_file
     if not path:
-        raise UsageError(f"run {run_id} recorded no job file", "pass --job-file PATH")
-    return load_job(path, origin.job)
+        raise UsageError(f"run {args.run_id} recorded no job file", "pass --job-file PATH")
+    if origin.conf_file and not (args.conf or os.environ.get("SPARK_RECOVER_CONF")):
+        if not os.path.isfile(origin.conf_file):
+            raise UsageError(f"run {args.run_id} ran with conf file {origin.conf_file}, which is gone",
+                             "expected that file to resume with the same settings; pass --conf FILE to "
+                             "resume with other settings", conf_file=origin.conf_file)
+        settings = load_settings(conf_file=origin.conf_file, root=settings.root, verbose=args.verbose,
+                                 remote=args.remote)
+    return load_job(path, origin.job), settings
 
 
 def _cmd_redo(args: argparse.Namespace) -> int:
     from .recovery import redo
 
-    settings = _settings(args)
-    job = _load_job_of(args.run_id, settings, args.job_file)
+    job, settings = _replay_of(args)
     return _finish(redo(job, args.run_id, from_stage=args.from_stage, settings=settings, force=args.force))
 
 
@@ -241,9 +258,9 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 def _cmd_drill(args: argparse.Namespace) -> int:
     from .drill import drill, drill_text
 
+    settings = _settings(args, project_folder(args.job_file))
     report = drill(args.job_file, parse_params(args.param), kills=args.kills, seed=args.seed,
-                   with_rollback=args.with_rollback, damage=args.damage, settings=_settings(args),
-                   echo=not args.json)
+                   with_rollback=args.with_rollback, damage=args.damage, settings=settings, echo=not args.json)
     print(json.dumps(report, indent=2) if args.json else "\n" + drill_text(report))
     return 0 if report["ok"] else 1
 

@@ -2,8 +2,16 @@
 
 Settings come, lowest precedence first, from built-in defaults, a TOML file
 (``--conf FILE``, else ``$SPARK_RECOVER_CONF``, else ``conf/spark-recover.toml``
-under the working directory when it exists), ``$SPARK_RECOVER_ROOT``, and
-explicit arguments (``--root``).
+in the job's project when it exists), ``$SPARK_RECOVER_ROOT``, and explicit
+arguments (``--root``).
+
+Nothing depends on the working directory unless the user typed it: the
+defaults (``.spark-recover`` and ``conf/spark-recover.toml``) are in the job's
+project folder (:func:`spark_recover.project.project_folder`); a relative
+``--root``/``--conf`` or ``$SPARK_RECOVER_ROOT``/``$SPARK_RECOVER_CONF`` means
+the working directory of the command, and is made absolute at once; a relative
+``root`` inside a conf file is under the project that holds the file's ``conf/``
+folder (else the file's own folder). Settings always hold absolute paths.
 
 The TOML file has three tables::
 
@@ -35,11 +43,12 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import UsageError
-from .storage import is_s3, with_s3_defaults
+from .storage import anchored, is_s3, with_s3_defaults
 
-__all__ = ["Settings", "load_settings", "DEFAULT_CONF_FILE"]
+__all__ = ["Settings", "load_settings", "DEFAULT_CONF_FILE", "DEFAULT_ROOT"]
 
-DEFAULT_CONF_FILE = Path("conf") / "spark-recover.toml"
+DEFAULT_CONF_FILE = Path("conf") / "spark-recover.toml"  # under the project folder
+DEFAULT_ROOT = ".spark-recover"  # under the project folder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +59,7 @@ class Settings:
     10.0
     """
 
-    root: str = ".spark-recover"
+    root: str = DEFAULT_ROOT
     heartbeat_seconds: float = 10.0
     dead_after_seconds: float = 60.0
     spark: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -105,36 +114,46 @@ def _from_toml(data: dict[str, Any], path: Path) -> dict[str, Any]:
                              f"{path}: [{table}] must be a table of key = value", path=str(path))
         out[table] = {str(k): str(v).lower() if isinstance(v, bool) else str(v)
                       for k, v in section.items()}
-    if "root" in out and not _is_uri(out["root"]) and not os.path.isabs(out["root"]):
-        # A relative root in a file means relative to where the file's project is,
-        # i.e. the directory that holds conf/ (the working directory by convention).
+    if "root" in out:
+        # A relative root in a file is relative to the file's project: the folder that holds
+        # its conf/ folder (else the file's own folder), wherever the command runs.
         base = path.parent.parent if path.parent.name == "conf" else path.parent
-        out["root"] = str((base / out["root"]).resolve())
+        out["root"] = anchored(out["root"], base=str(base))
     return out
 
 
-def _is_uri(value: str) -> bool:
-    return "://" in value or value.startswith("file:")
+def _typed(location: str | os.PathLike[str]) -> str:
+    """A location the user typed (an argument or a variable): relative to the working directory, made absolute."""
+    return anchored(os.fspath(location), base=os.getcwd())
 
 
 def load_settings(conf_file: str | os.PathLike[str] | None = None, root: str | None = None,
-                  verbose: bool = False, remote: str | None = None) -> Settings:
+                  verbose: bool = False, remote: str | None = None, project: str | None = None) -> Settings:
     """Resolve settings from defaults, a TOML file, the environment and arguments.
+
+    ``project`` is the folder the default root and conf file are in: the job's
+    project (``job.project``), else the working directory (a notebook, or a
+    command that names no job file).
 
     >>> load_settings(root="/tmp/recover").root
     '/tmp/recover'
     """
-    values: dict[str, Any] = {}
+    home = Path(project or os.getcwd())
+    values: dict[str, Any] = {"root": str(home / DEFAULT_ROOT)}
     chosen = conf_file or os.environ.get("SPARK_RECOVER_CONF")
-    path = Path(chosen) if chosen else (DEFAULT_CONF_FILE if DEFAULT_CONF_FILE.is_file() else None)
+    default = home / DEFAULT_CONF_FILE
+    path = Path(_typed(chosen)) if chosen else (default if default.is_file() else None)
     if path is not None:
         values.update(_from_toml(_read_toml(path), path))
         values["conf_file"] = str(path)
+    # A session spark-recover builds keeps its catalog's managed tables in the project too
+    # (Spark's own default is spark-warehouse in the working directory).
+    values["spark"] = {"spark.sql.warehouse.dir": str(home / "spark-warehouse"), **values.get("spark", {})}
     env_root = os.environ.get("SPARK_RECOVER_ROOT")
     if root or env_root:
-        values["root"] = root or env_root
+        values["root"] = _typed(root or env_root)
     if os.environ.get("SPARK_RECOVER_SINK_ROOT"):
-        values["sink_root"] = os.environ["SPARK_RECOVER_SINK_ROOT"]
+        values["sink_root"] = _typed(os.environ["SPARK_RECOVER_SINK_ROOT"])
     if remote or os.environ.get("SPARK_REMOTE"):
         values["remote"] = remote or os.environ["SPARK_REMOTE"]
     if os.environ.get("SPARK_RECOVER_SHARED_ROOT", "").lower() in ("1", "true", "yes"):

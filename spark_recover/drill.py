@@ -217,9 +217,9 @@ def drill(job_file: str, params: Mapping[str, str] | None = None, *, kills: int 
         raise UsageError("bad --kills", f"expected a number of kills >= 1 (or 0 with --damage), found {kills}")
     if with_rollback and kills < 1:
         raise UsageError("bad --kills", "--with-rollback rolls back the trials' runs: expected --kills >= 1")
-    settings = settings or load_settings(root=root)
     seed = _random_seed() if seed is None else int(seed)
     job = load_job(job_file)
+    settings = settings or load_settings(root=root, project=job.project)
     params = dict(params or {})
     area = Scratch(job_file, job, params, settings, env, say)
     say(f"drill of job {job.name} ({kills} kills, seed {seed}); sinks redirected to {area.sink_root}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import keyword
+import os
 import re
 import sys
 import warnings
@@ -22,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar, ove
 
 from .errors import JobDefinitionError
 from .fingerprint import unpinned_reads, visible_params
+from .project import project_folder
+from .storage import anchored
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Settings
@@ -43,9 +46,9 @@ class UnpinnedReadWarning(UserWarning):
 class Source:
     """An input table. A Delta source is pinned to its version at run start.
 
-    ``path`` may hold ``{param}`` placeholders, filled from the run parameters.
-    Non-Delta sources (``format="parquet"``, ...) are fingerprinted by their
-    file listing.
+    ``path`` may hold ``{param}`` placeholders, filled from the run parameters;
+    a relative path is under the job's ``project`` folder. Non-Delta sources
+    (``format="parquet"``, ...) are fingerprinted by their file listing.
     """
 
     name: str
@@ -53,12 +56,13 @@ class Source:
     table: str | None = None
     format: str = "delta"
     options: Mapping[str, str] = field(default_factory=dict)
+    project: str = ""  # the folder a relative path is under (the job's project)
 
     def location(self, params: Mapping[str, Any]) -> str:
-        """The path (placeholders filled) or table name this source reads."""
+        """The absolute path (placeholders filled) or catalog table name this source reads."""
         if self.table is not None:
             return self.table
-        return _fill_path(f"source {self.name!r}", self.path or "", params)
+        return _fill_path(f"source {self.name!r}", self.path or "", params, self.project)
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,8 @@ class Sink:
 
     Modes: ``append``; ``overwrite``; ``replace_where`` (overwrite the rows
     matching ``predicate``, whose ``{param}`` placeholders are filled with
-    safely quoted literals); ``merge`` (upsert on ``keys``).
+    safely quoted literals); ``merge`` (upsert on ``keys``). A relative
+    ``path`` is under the job's ``project`` folder.
     """
 
     stage: str
@@ -103,17 +108,22 @@ class Sink:
     mode: str = "append"
     predicate: str | None = None
     keys: tuple[str, ...] = ()
+    project: str = ""  # the folder a relative path is under (the job's project)
 
     def location(self, params: Mapping[str, Any]) -> str:
-        """The path (placeholders filled) or catalog table name written to."""
+        """The absolute path (placeholders filled) or catalog table name written to."""
         if self.table is not None:
             return self.table
-        return _fill_path(f"sink of stage {self.stage!r}", self.path or "", params)
+        return _fill_path(f"sink of stage {self.stage!r}", self.path or "", params, self.project)
 
 
-def _fill_path(what: str, template: str, params: Mapping[str, Any]) -> str:
+def _fill_path(what: str, template: str, params: Mapping[str, Any], project: str) -> str:
+    """The path with its placeholders filled, then anchored under ``project`` if relative.
+
+    Filled first: a parameter may hold an absolute path or a URI (``path="{data}/orders"``).
+    """
     try:
-        return template.format_map(dict(params))
+        return anchored(template.format_map(dict(params)), base=project)
     except KeyError as exc:
         from .errors import UsageError
         raise UsageError(f"{what} needs parameter {exc.args[0]!r}",
@@ -146,7 +156,11 @@ class Job:
         _check_name("job", name, _JOB_NAME)
         self.name = name
         caller = sys._getframe(1).f_globals
-        self.file: str | None = caller.get("__file__")
+        file = caller.get("__file__")
+        self.file: str | None = os.path.abspath(file) if file else None
+        #: Where the default root and conf file and relative paths are found: never the working
+        #: directory, except for a job defined in a notebook (no file).
+        self.project: str = project_folder(self.file)
         self._sources: dict[str, Source] = {}
         self._stages: dict[str, Stage] = {}
         self._sinks: list[Sink] = []
@@ -201,7 +215,7 @@ class Job:
             raise JobDefinitionError(f"sink of stage {stage!r}: keys= goes with mode='merge'",
                                      f"found mode={mode!r}, keys={keys!r}", stage=stage)
         target = Sink(stage=stage, path=path, table=table, mode=mode, predicate=predicate,
-                      keys=tuple(keys or ()))
+                      keys=tuple(keys or ()), project=self.project)
         if any((s.path, s.table) == (path, table) for s in self._sinks):
             raise JobDefinitionError("two sinks write the same table",
                                      f"{path or table!r} is already a sink of this job", stage=stage)
@@ -238,7 +252,8 @@ class Job:
             raise JobDefinitionError(f"source {name!r}: a catalog table must be Delta",
                                      f"found format={format!r}; read other formats by path",
                                      name=name)
-        src = Source(name=name, path=path, table=table, format=format, options=dict(options or {}))
+        src = Source(name=name, path=path, table=table, format=format, options=dict(options or {}),
+                     project=self.project)
         self._sources[name] = src
         return src
 
@@ -387,7 +402,6 @@ def load_job(path: str, name: str | None = None) -> Job:
     >>> job = load_job("jobs/demo_sales.py")   # doctest: +SKIP
     """
     import importlib.util
-    import os
 
     from .errors import JobFileError
 

@@ -120,6 +120,7 @@ class RunRecord:
     params_key: str = ""
     origin_run_id: str | None = None
     job_file: str | None = None
+    conf_file: str | None = None  # the settings file it ran with (absolute), which a resume reuses
     started_at: dt.datetime | None = None
     last_seen: dt.datetime | None = None
     finished: bool = False
@@ -200,7 +201,7 @@ class RunRecord:
                 "params": self.params, "origin_run_id": self.origin_run_id,
                 "logical_run_id": self.root_run_id or self.run_id, "recovered_by": self.recovered_by,
                 "started_at": _iso(self.started_at), "last_seen": _iso(self.last_seen),
-                "job_file": self.job_file, "error": error,
+                "job_file": self.job_file, "conf_file": self.conf_file, "error": error,
                 "stages": [s.to_json() for s in self.stage_list()],
                 "sinks": [_sink_json(v) for v in self.sinks.values()], "sources": self.sources,
                 "recovery_point": self.recovery_point, "rollback": self.rollback, "metrics": metrics}
@@ -227,6 +228,7 @@ def apply_event(run: RunRecord, ev: Mapping[str, Any]) -> None:
         run.params_key = detail.get("params_key", "")
         run.origin_run_id = detail.get("origin_run_id")
         run.job_file = detail.get("job_file")
+        run.conf_file = detail.get("conf_file")
         run.process = detail.get("process", {})
         run.sources = detail.get("sources", {})
         for name in detail.get("stages", []):

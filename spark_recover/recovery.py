@@ -409,7 +409,7 @@ def redo(job, run_id: str, *, from_stage: str | None = None, root: str | None = 
     """
     from .runner import resume_job
 
-    settings = settings or load_settings(root=root)
+    settings = settings or load_settings(root=root, project=job.project)
     if from_stage is not None:
         job.downstream([from_stage])  # validate before changing anything
     ledger = _ledger(settings)

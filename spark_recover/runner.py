@@ -208,7 +208,7 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
     the resume point. A replay that would publish other data to a sink its
     logical run already published is refused (:class:`RefusedError`).
     """
-    ctx = _new_context(job, params, settings or load_settings(root=root), echo)
+    ctx = _new_context(job, params, settings or load_settings(root=root, project=job.project), echo)
     if isinstance(resume_from, str):
         resume_from = ctx.ledger.run(resume_from)
     stage_names = [s.name for s in job.stages]
@@ -230,6 +230,7 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
 
     ctx.claim = lease.claim(ctx.ledger, job.name, ctx.params_key, ctx.run_id, {
         "params": ctx.params, "params_key": ctx.params_key, "job_file": job.file, "stages": stage_names,
+        "root": ctx.layout.root, "conf_file": ctx.settings.conf_file, "sinks": [t.table for t in targets],
         "origin_run_id": resume_from.run_id if resume_from else None, "rerun": list(rerun),
         "process": this_process(), "library": __version__})
     ctx.record = ctx.ledger.run(ctx.run_id)
@@ -483,7 +484,7 @@ def resume_job(job: Job, run_id: str, *, root: str | None = None, settings: Sett
     are recomputed, with the changed parameter as the reason. A run that a
     later run already recovered is not replayed again (:class:`RefusedError`).
     """
-    settings = settings or load_settings(root=root)
+    settings = settings or load_settings(root=root, project=job.project)
     ledger = Ledger(Layout.at(settings.root, settings.storage_options), settings.dead_after_seconds)
     origin = ledger.run(run_id)
     if origin.job != job.name:

@@ -17,8 +17,8 @@ import urllib.parse
 from dataclasses import dataclass
 from typing import Mapping
 
-__all__ = ["Layout", "Target", "Storage", "spark_uri", "native_uri", "canonical", "is_local", "is_s3", "filesystem",
-           "open_delta", "read_delta", "delete_tree", "hadoop_confs", "with_s3_defaults"]
+__all__ = ["Layout", "Target", "Storage", "spark_uri", "native_uri", "canonical", "is_local", "is_s3", "anchored",
+           "filesystem", "open_delta", "read_delta", "delete_tree", "hadoop_confs", "with_s3_defaults"]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 # Hadoop scheme -> the scheme delta-rs / pyarrow use for the same store.
@@ -42,6 +42,22 @@ def _local_path(location: str) -> str:
         if not location.startswith("/"):
             location = "/" + location
     return os.path.abspath(os.path.expanduser(location))
+
+
+def anchored(location: str, *, base: str) -> str:
+    """``location`` with a relative local path made absolute under ``base``; URIs and absolute paths as given.
+
+    Resolving against a chosen folder, never the working directory, is what lets
+    a retry started in another folder find the same tables.
+
+    >>> anchored("out/daily", base="/project"), anchored("/w/daily", base="/project")
+    ('/project/out/daily', '/w/daily')
+    >>> anchored("s3a://bucket/daily", base="/project")
+    's3a://bucket/daily'
+    """
+    if not is_local(location) or location.startswith("file:"):
+        return location
+    return os.path.normpath(os.path.join(base, os.path.expanduser(location)))
 
 
 def spark_uri(location: str) -> str:

@@ -240,10 +240,19 @@ def _run_id(stdout: str) -> str | None:
     return None
 
 
-def run_cli(*args: str, env: Mapping[str, str | None] | None = None, timeout: float = 900) -> ProcessResult:
-    """Run ``spark-recover ARGS...`` in a child process and wait for it."""
+def run_cli(*args: str, env: Mapping[str, str | None] | None = None, timeout: float = 900,
+            cwd: str | None = None) -> ProcessResult:
+    """Run ``spark-recover ARGS...`` in a child process and wait for it.
+
+    ``cwd`` runs it in another working directory; the child still imports this
+    process's ``spark_recover`` (its folder goes first on ``PYTHONPATH``).
+    """
+    child_env = job_env(env)
+    if cwd is not None:
+        package_home = str(Path(__file__).resolve().parent.parent)
+        child_env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_home, child_env.get("PYTHONPATH")]))
     proc = subprocess.run([sys.executable, "-m", "spark_recover", *args], capture_output=True,
-                          text=True, env=job_env(env), timeout=timeout)
+                          text=True, env=child_env, timeout=timeout, cwd=cwd)
     return ProcessResult(proc.returncode, proc.stdout, proc.stderr, _run_id(proc.stdout))
 
 
