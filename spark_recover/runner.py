@@ -225,7 +225,8 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
     ctx.claim = lease.claim(ctx.ledger, job.name, ctx.params_key, ctx.run_id, {
         "params": ctx.params, "params_key": ctx.params_key, "job_file": job.file, "stages": stage_names,
         "origin_run_id": resume_from.run_id if resume_from else None, "rerun": list(rerun),
-        "process": this_process(), "library": __version__})
+        "process": this_process(), "heartbeat_seconds": ctx.settings.heartbeat_seconds,
+        "library": __version__})
     ctx.record = ctx.ledger.run(ctx.run_id)
     heartbeat = Heartbeat(ctx.ledger, ctx.run_id, job.name, ctx.settings.heartbeat_seconds)
     heartbeat.start()
