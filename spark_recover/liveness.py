@@ -94,7 +94,7 @@ def process_alive(process: Mapping[str, Any]) -> bool | None:
     if not pid:
         return None
     if process.get("boot_id"):
-        if _machine() != (process["boot_id"], process.get("pid_ns")):
+        if _machine() != (process["boot_id"], process.get("pid_ns")) or process.get("start_ticks") is None:
             return None  # another host, container or boot: only the heartbeat can tell
         ticks = _ticks_since_boot(int(pid))
         if ticks is None:

@@ -298,3 +298,17 @@ def test_docstring_examples_of_liveness_hold(module):
     import importlib
 
     assert doctest.testmod(importlib.import_module(f"spark_recover.{module}")).failed == 0
+
+
+def test_a_crashed_rollback_does_not_keep_a_dead_runs_lease(tmp_path):
+    from spark_recover import lease
+
+    now = dt.datetime.now(dt.timezone.utc)
+    # A run on another host, silent for 10 minutes; a rollback of it started just now and crashed.
+    ledger = _SkewedLedger(str(tmp_path), [now - dt.timedelta(minutes=10), now, now, now])
+    ledger.append("dead", "j", "run_started", detail={"params": {}, "params_key": "k", "stages": [],
+                                                      "process": _ELSEWHERE, "heartbeat_seconds": 10})
+    ledger.append("dead", "", "rollback_started", detail={"targets": {"/t": {}}})
+    ledger.append("dead", "", "table_restored", detail={"table": "/t"})
+    new = lease.claim(ledger, "j", "k", "new", {"params": {}, "params_key": "k", "process": this_process()})
+    assert new.known == {"dead"} and ledger.run("dead").status == "failed"
