@@ -106,7 +106,7 @@ import time
 from pathlib import Path
 
 from spark_recover.config import Settings
-from spark_recover.errors import UsageError
+from spark_recover.errors import DamagedStateError, UsageError
 from spark_recover.job import Job
 from spark_recover.ledger import SCHEMA, Heartbeat, RunRecord, apply_event, process_alive
 from spark_recover.runner import replay_choice
@@ -226,6 +226,10 @@ def test_torn_commit_scan_reads_only_the_newest_commits(tmp_path):
     assert ledger._torn_commit() is None
     newest = _tear_next_commit(ledger)
     assert ledger._torn_commit() == str(newest)
+    for use in (ledger.runs, ledger.version, lambda: ledger.append("r9", "j", "heartbeat")):
+        with pytest.raises(DamagedStateError) as info:
+            use()
+        assert info.value.exit_code == 3 and info.value.fields["file"] == str(newest)
 
 
 class _SkewedLedger(Ledger):
