@@ -18,8 +18,8 @@ The TOML file has three tables::
     [recover]
     root = ".spark-recover"        # any Hadoop URI: s3a://bucket/recover, hdfs://...
     # sink_root = "/tmp/scratch"   # (drills) write path sinks under this folder instead
-    heartbeat_seconds = 10
-    dead_after_seconds = 60
+    heartbeat_seconds = 10         # how often a quiet run records that it lives
+    dead_after_seconds = 60        # silence after which it is dead (>= 3 x heartbeat_seconds)
 
     [spark]                        # used only when spark-recover builds the session
     "spark.master" = "local[*]"
@@ -37,15 +37,17 @@ in what the file does not set; see :func:`spark_recover.storage.with_s3_defaults
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import UsageError
+from .liveness import BEATS_BEFORE_DEAD
 from .storage import anchored, is_s3, with_s3_defaults
 
-__all__ = ["Settings", "load_settings", "DEFAULT_CONF_FILE", "DEFAULT_ROOT"]
+__all__ = ["Settings", "load_settings", "check_timings", "DEFAULT_CONF_FILE", "DEFAULT_ROOT"]
 
 DEFAULT_CONF_FILE = Path("conf") / "spark-recover.toml"  # under the project folder
 DEFAULT_ROOT = ".spark-recover"  # under the project folder
@@ -70,12 +72,43 @@ class Settings:
     verbose: bool = False
     conf_file: str | None = None
 
+    def __post_init__(self) -> None:
+        check_timings(heartbeat_seconds=self.heartbeat_seconds, dead_after_seconds=self.dead_after_seconds,
+                      source=self.conf_file)
+
     def replace(self, **changes: Any) -> "Settings":
         return dataclasses.replace(self, **changes)
 
 
 _RECOVER_KEYS = {"root": str, "heartbeat_seconds": (int, float), "dead_after_seconds": (int, float),
                  "sink_root": str, "shared_root": bool, "remote": str}
+
+
+def check_timings(*, heartbeat_seconds: float, dead_after_seconds: float, source: str | None = None) -> None:
+    """Refuse (:class:`UsageError`, exit 2) heartbeat and dead-after settings that cannot work.
+
+    Both are positive numbers of seconds, and a run is judged dead only after
+    missing several heartbeats, so ``dead_after_seconds`` is at least
+    ``BEATS_BEFORE_DEAD`` times ``heartbeat_seconds``.
+
+    >>> check_timings(heartbeat_seconds=45, dead_after_seconds=60)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    spark_recover.errors.UsageError: settings do not fit together: ... expected dead_after_seconds >= 135 ...
+    """
+    where = f"{source}: " if source else ""
+    for key, value in (("heartbeat_seconds", heartbeat_seconds), ("dead_after_seconds", dead_after_seconds)):
+        if not math.isfinite(value) or value <= 0:
+            raise UsageError("setting out of range", f"{where}[recover] {key} = {value:g}: expected a positive "
+                             "number of seconds", path=source, key=key, value=value)
+    least = BEATS_BEFORE_DEAD * heartbeat_seconds
+    if dead_after_seconds < least:
+        raise UsageError(
+            "settings do not fit together",
+            f"{where}[recover] dead_after_seconds = {dead_after_seconds:g} with heartbeat_seconds = "
+            f"{heartbeat_seconds:g}: expected dead_after_seconds >= {least:g} ({BEATS_BEFORE_DEAD} x "
+            "heartbeat_seconds), so a live run is not judged dead between two of its heartbeats",
+            path=source, key="dead_after_seconds", value=dead_after_seconds, expected_at_least=least)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -4,13 +4,16 @@ It is a plain Delta table (``<root>/ledger/events``) of events, written with
 delta-rs from the driver, one atomic commit per event. A SIGKILL at any
 instant therefore leaves whole events only: the state of a run is a fold of
 its events, and a run that stopped without a ``run_finished`` event is
-recognised as dead by its process id (same host) or by its missing heartbeat.
+recognised as dead by its process (:mod:`spark_recover.liveness`) or by its
+missing heartbeat. Each event records ``ledger_version``, the version of its
+own commit, so events and runs are ordered by the storage's commit order,
+never by a clock (``ts`` is for people).
 
 Reading needs no JVM (``spark-recover runs`` and ``show``), and Spark SQL
 reads the same table::
 
     SELECT run_id, stage, event, version, rows, seconds
-    FROM delta.`<root>/ledger/events` ORDER BY ts
+    FROM delta.`<root>/ledger/events` ORDER BY ledger_version
 """
 
 from __future__ import annotations
@@ -18,8 +21,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
-import socket
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,11 +29,13 @@ from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 
+from . import liveness
 from .errors import DamagedStateError, LedgerError, RecoverError, UnknownRunError
+from .liveness import process_alive, this_process
 from .storage import Layout, native_uri
 
 __all__ = ["Ledger", "LeaseConflict", "RunRecord", "StageRecord", "Heartbeat", "SCHEMA", "apply_event",
-           "this_process", "process_alive"]
+           "commit_order", "this_process", "process_alive"]
 
 SCHEMA = pa.schema([
     ("run_id", pa.string()),
@@ -48,42 +52,15 @@ SCHEMA = pa.schema([
     ("reason", pa.string()),
     ("error", pa.string()),
     ("detail", pa.string()),  # JSON: whatever else the event carries
+    ("ledger_version", pa.int64()),  # the version of this event's own commit (null in older ledgers)
 ])
 _TABLE_CONF = {"delta.checkpointInterval": "20"}
 _COMPACT_ABOVE_FILES = 200
-
-
-def _proc_start(pid: int) -> float | None:
-    """When process ``pid`` started (seconds since the epoch), or ``None`` if it is gone."""
-    import psutil
-
-    try:
-        proc = psutil.Process(pid)
-        if proc.status() in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
-            return None
-        return round(proc.create_time(), 2)
-    except (psutil.Error, OSError):
-        return None
-
-
-def this_process() -> dict[str, Any]:
-    """Host, pid and process start time: enough to tell if a run's driver is alive."""
-    pid = os.getpid()
-    return {"host": socket.gethostname(), "pid": pid, "proc_start": _proc_start(pid)}
-
-
-def process_alive(process: Mapping[str, Any]) -> bool | None:
-    """Whether the process a run recorded still runs; ``None`` when it ran on another host.
-
-    The start time tells a reused pid from the original process (psutil: Linux, macOS, Windows).
-    """
-    if process.get("host") != socket.gethostname() or not process.get("pid"):
-        return None
-    start, recorded = _proc_start(int(process["pid"])), process.get("proc_start")
-    try:
-        return start is not None and abs(start - float(recorded)) < 0.05
-    except (TypeError, ValueError):
-        return False
+_APPEND_ATTEMPTS = 200  # exclusive commits retried while other writers commit first
+_TORN_SCAN = 3  # newest commit files checked for a torn write: only the last write can be torn
+_COMMIT_FILE = re.compile(r"^\d{20}\.json$")
+# A rollback's journal is kept under the run's id but written by the rollback's process, not the run's.
+_JOURNAL_EVENTS = frozenset({"rollback_started", "table_restored", "rollback_finished"})
 
 
 @dataclass
@@ -134,25 +111,28 @@ class RunRecord:
     sinks: dict[str, dict[str, Any]] = field(default_factory=dict)  # table -> planned + written
     recovery_point: dict[str, Any] | None = None  # table -> state before the first sink write
     rollback: dict[str, Any] | None = None  # journal: started, tables restored, finished
-    dead_after: float = 60.0
+    dead_after: float = 60.0  # the reader's setting
+    heartbeat_seconds: float | None = None  # the writer's, recorded in run_started
+    started_version: int | None = None  # ledger commit version of run_started (None: an older ledger)
     # The logical run (DESIGN.md): the first run of a chain of resumes and redos.
     root_run_id: str = ""
     recovered_by: str | None = None  # a later run of the logical run that succeeded
     undone_by: str | None = None  # a finished rollback of the logical run after this run started
     rolled_back_at: dt.datetime | None = None
+    rolled_back_version: int | None = None  # ledger commit version of rollback_finished
 
     @property
     def alive(self) -> bool:
-        """Whether an unfinished run's driver still runs (by pid, else by heartbeat)."""
+        """Whether an unfinished run's driver still runs (by its process, else by its heartbeat)."""
         if self.finished:
             return False
-        by_pid = process_alive(self.process)
-        if by_pid is not None:
-            return by_pid
+        by_process = process_alive(self.process)
+        if by_process is not None:
+            return by_process
         if self.last_seen is None:
             return False
         age = (dt.datetime.now(dt.timezone.utc) - self.last_seen).total_seconds()
-        return age <= self.dead_after
+        return age <= liveness.dead_after(reader_seconds=self.dead_after, writer_heartbeat=self.heartbeat_seconds)
 
     @property
     def rolled_back(self) -> bool:
@@ -221,9 +201,11 @@ def apply_event(run: RunRecord, ev: Mapping[str, Any]) -> None:
     """Fold one event into a run record (the one place that gives events meaning)."""
     detail = json.loads(ev["detail"]) if ev.get("detail") else {}
     kind, ts = ev["event"], ev["ts"]
-    run.last_seen = max(run.last_seen, ts) if run.last_seen else ts
+    if kind not in _JOURNAL_EVENTS:  # liveness comes from the run's own driver only
+        run.last_seen = max(run.last_seen, ts) if run.last_seen else ts
     if kind == "run_started":
-        run.started_at = ts
+        run.started_at, run.started_version = ts, ev.get("ledger_version")
+        run.heartbeat_seconds = detail.get("heartbeat_seconds")
         run.params = detail.get("params", {})
         run.params_key = detail.get("params_key", "")
         run.origin_run_id = detail.get("origin_run_id")
@@ -247,7 +229,7 @@ def apply_event(run: RunRecord, ev: Mapping[str, Any]) -> None:
         entry = run.sinks.setdefault(detail["table"], {"stage": ev.get("stage")})
         entry.update({k: v for k, v in detail.items() if k != "traceback"},
                      status=kind.removeprefix("sink_"), error=ev.get("error"))
-    elif kind in ("rollback_started", "table_restored", "rollback_finished"):
+    elif kind in _JOURNAL_EVENTS:
         journal = run.rollback = run.rollback or {"restored": {}}
         if kind == "rollback_started":
             existed = set(journal.get("existed", [])) | set(detail.get("existed", []))  # across attempts
@@ -257,7 +239,7 @@ def apply_event(run: RunRecord, ev: Mapping[str, Any]) -> None:
             journal["restored"][detail["table"]] = detail
         else:
             journal.update(finished=True, finished_at=_iso(ts), metrics=detail.get("metrics", {}))
-            run.rolled_back_at = ts
+            run.rolled_back_at, run.rolled_back_version = ts, ev.get("ledger_version")
     elif ev.get("stage"):
         st = run.stages.setdefault(ev["stage"], StageRecord(ev["stage"]))
         status = _STAGE_STATUS.get(kind)
@@ -297,6 +279,7 @@ class Ledger:
 
     # -- writing ---------------------------------------------------------
     def _open_for_write(self):
+        """The ledger's table, created if absent (callers hold the lock; errors are theirs to convert)."""
         import deltalake
 
         if self._table is None:
@@ -305,62 +288,85 @@ class Ledger:
                 self._table = deltalake.DeltaTable.create(
                     self.uri, SCHEMA, mode="ignore", configuration=_TABLE_CONF, storage_options=options)
             except Exception:  # another process created it first
-                try:
-                    self._table = self.layout.delta(self.uri)
-                except Exception as exc:
-                    raise self.unreadable(exc) from exc
+                self._table = self.layout.delta(self.uri)
         return self._table
 
     def version(self) -> int:
         """The ledger's latest commit version (-1 when it does not exist yet)."""
-        table = self._open_for_write()
-        with self._lock:
-            try:
+        try:
+            with self._lock:
+                table = self._open_for_write()
                 table.update_incremental()
-            except Exception as exc:
-                raise self.unreadable(exc) from exc
-            return table.version()
+                return table.version()
+        except Exception as exc:  # diagnosed outside the lock
+            raise self.unreadable(exc) from exc
 
     def append(self, run_id: str, job: str, event: str, *, only_at: int | None = None,
                **values: Any) -> dict[str, Any]:
         """Append one event as one Delta commit (atomic: it is there whole or not at all).
 
-        With ``only_at=V`` the commit must be version ``V + 1``: if any other
-        commit came first, nothing is written and :class:`LeaseConflict` is
-        raised. The storage's commit order decides, never a clock.
+        Every commit is exclusive: it must be the version right after the one
+        the writer read, and the event records that version (``ledger_version``)
+        in its row, where it survives :meth:`compact`. When another commit came
+        first the event is written again on top of it. With ``only_at=V`` the
+        commit must be version ``V + 1``: if any other commit came first,
+        nothing is written and :class:`LeaseConflict` is raised. The storage's
+        commit order decides, never a clock.
         """
-        import deltalake
-
         detail = values.pop("detail", None)
         row: dict[str, Any] = {name: None for name in SCHEMA.names}
-        row.update(values, run_id=run_id, job=job, event=event,
-                   ts=dt.datetime.now(dt.timezone.utc),
+        row.update(values, run_id=run_id, job=job, event=event, ts=self._now(),
                    detail=json.dumps(detail, sort_keys=True, default=str) if detail else None)
-        batch = pa.Table.from_pylist([row], schema=SCHEMA)
-        with self._lock:
+        try:
+            with self._lock:
+                self._commit(row, only_at)
+        except (LeaseConflict, LedgerError):
+            raise
+        except Exception as exc:  # diagnosed outside the lock
+            raise self.unreadable(exc, "could not append to the ledger",
+                                  f"writing event {event!r} of run {run_id} to ") from exc
+        self.last_write = time.monotonic()
+        return row
+
+    def _commit(self, row: dict[str, Any], only_at: int | None) -> None:
+        """Commit ``row`` as the next version, stamped with it (the caller holds the lock)."""
+        import deltalake
+
+        props = deltalake.CommitProperties(max_commit_retries=0)
+        for _ in range(_APPEND_ATTEMPTS):
             table = self._open_for_write()
-            props = None
-            if only_at is not None:
-                table = self.layout.delta(self.uri, version=only_at)
-                props = deltalake.CommitProperties(max_commit_retries=0)
+            if only_at is None:
+                table.update_incremental()
+                read = table.version()
+            else:
+                table, read = self.layout.delta(self.uri, version=only_at), only_at
+            row["ledger_version"] = read + 1
+            # A ledger written before events recorded their version gains the column on its first such write.
+            merge = "merge" if "ledger_version" not in {f.name for f in table.schema().fields} else None
             try:
-                deltalake.write_deltalake(table, batch, mode="append", commit_properties=props)
+                deltalake.write_deltalake(table, pa.Table.from_pylist([row], schema=SCHEMA), mode="append",
+                                          schema_mode=merge, commit_properties=props)
+                return
             except deltalake.exceptions.CommitFailedError as exc:
                 if only_at is not None:
                     raise LeaseConflict(str(exc)) from None
-                raise LedgerError("could not append to the ledger",
-                                  f"writing event {event!r} of run {run_id} to {self.uri}: {exc}",
-                                  uri=self.uri) from exc
-            except Exception as exc:
-                raise self.unreadable(exc, "could not append to the ledger",
-                                      f"writing event {event!r} of run {run_id} to ") from exc
-            self.last_write = time.monotonic()
-        return row
+                # another writer took that version: read again and stamp the next one
+        raise LedgerError("could not append to the ledger",
+                          f"writing event {row['event']!r} of run {row['run_id']} to {self.uri}: other writers "
+                          f"committed first {_APPEND_ATTEMPTS} times", uri=self.uri)
+
+    def _now(self) -> dt.datetime:
+        """The time stamp of a new event (the writer's wall clock: for people, not for order)."""
+        return dt.datetime.now(dt.timezone.utc)
 
     def compact(self) -> None:
         """Merge the ledger's small per-event files once there are many (keeps reads fast)."""
+        try:
+            with self._lock:
+                table = self._open_for_write()
+        except Exception as exc:
+            raise self.unreadable(exc) from exc
         with self._lock:
-            table = self._open_for_write()
             try:
                 table.update_incremental()
                 if len(table.file_uris()) > _COMPACT_ABOVE_FILES:
@@ -370,6 +376,7 @@ class Ledger:
 
     # -- reading ---------------------------------------------------------
     def _events(self, run_id: str | None = None, version: int | None = None) -> list[dict[str, Any]]:
+        """Events in commit order (events of an older ledger without versions first, by time)."""
         import deltalake
         import pyarrow.dataset as ds
 
@@ -380,7 +387,8 @@ class Ledger:
             return []
         except Exception as exc:
             raise self.unreadable(exc) from exc
-        return table.sort_by("ts").to_pylist()
+        events = table.to_pylist()
+        return sorted(events, key=lambda ev: commit_order(ev.get("ledger_version"), ev["ts"]))
 
     def unreadable(self, exc: Exception, headline: str = "could not read the ledger",
                    doing: str = "") -> RecoverError:
@@ -396,7 +404,11 @@ class Ledger:
             file=torn)
 
     def _torn_commit(self) -> str | None:
-        """The newest ``_delta_log`` commit file of the ledger that is not whole JSON lines."""
+        """The newest ``_delta_log`` commit file of the ledger that is not whole JSON lines.
+
+        Only the newest few are read: a commit file is written once, so only a
+        writer that died during the last writes can have left one torn.
+        """
         import pyarrow.fs as pafs
 
         fs, base = self.layout.filesystem(f"{self.uri}/_delta_log")
@@ -404,8 +416,8 @@ class Ledger:
             infos = fs.get_file_info(pafs.FileSelector(base))
         except OSError:
             return None
-        for info in sorted((i for i in infos if i.base_name.endswith(".json")), key=lambda i: i.base_name,
-                           reverse=True):
+        commits = sorted((i for i in infos if _COMMIT_FILE.match(i.base_name)), key=lambda i: i.base_name)
+        for info in reversed(commits[-_TORN_SCAN:]):
             with fs.open_input_stream(info.path) as stream:
                 text = stream.read().decode("utf-8", "replace")
             try:
@@ -466,8 +478,24 @@ class Ledger:
         return [r for r in (runs if runs is not None else self.runs(record.job)) if r.root_run_id == root]
 
 
-def _start_order(run: RunRecord) -> dt.datetime:
-    return run.started_at or dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+_NEVER = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+
+
+def commit_order(version: int | None, ts: dt.datetime | None) -> tuple[bool, int, dt.datetime]:
+    """Sort key of an event by its ledger commit version.
+
+    Events of an older ledger carry no version: they were all committed
+    before the first one that does, and among themselves only their time
+    stamps order them.
+
+    >>> commit_order(3, None) < commit_order(4, None) and commit_order(None, None) < commit_order(0, None)
+    True
+    """
+    return (version is not None, -1 if version is None else version, ts or _NEVER)
+
+
+def _start_order(run: RunRecord) -> tuple[bool, int, dt.datetime]:
+    return commit_order(run.started_version, run.started_at)
 
 
 def _link_lineage(runs: Mapping[str, RunRecord]) -> None:
@@ -475,7 +503,8 @@ def _link_lineage(runs: Mapping[str, RunRecord]) -> None:
 
     A logical run is a first run and every resume or redo that replays it
     (following ``origin_run_id``). A finished rollback of any of its runs undoes
-    the sink writes of every run of it that started before the rollback ended.
+    the sink writes of every run of it whose ``run_started`` committed before
+    the rollback's ``rollback_finished`` (ledger commit order, not clocks).
     """
     ordered = sorted(runs.values(), key=_start_order)
     for run in ordered:
@@ -490,8 +519,9 @@ def _link_lineage(runs: Mapping[str, RunRecord]) -> None:
         groups.setdefault(run.root_run_id, []).append(run)
     for members in groups.values():
         for rb in (m for m in members if m.rolled_back_at is not None):
+            finished = commit_order(rb.rolled_back_version, rb.rolled_back_at)
             for m in members:
-                if m is not rb and m.started_at and m.started_at < rb.rolled_back_at:
+                if m is not rb and _start_order(m) < finished:
                     m.undone_by = m.undone_by or rb.run_id
         for i, run in enumerate(members):
             if run.status == "failed" and not run.refused:
@@ -512,8 +542,10 @@ class Heartbeat(threading.Thread):
             if time.monotonic() - self.ledger.last_write >= self.every:
                 try:
                     self.ledger.append(self.run_id, self.job, "heartbeat")
-                except LedgerError:
-                    pass  # the next beat, or the run's own next event, tries again
+                except Exception:
+                    # Whatever failed (a damaged or unreachable ledger, a full disk), the run goes on:
+                    # the next beat, or the run's own next event, tries again.
+                    continue
 
     def stop(self) -> None:
         self._stop_event.set()

@@ -232,7 +232,8 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
         "params": ctx.params, "params_key": ctx.params_key, "job_file": job.file, "stages": stage_names,
         "root": ctx.layout.root, "conf_file": ctx.settings.conf_file, "sinks": [t.table for t in targets],
         "origin_run_id": resume_from.run_id if resume_from else None, "rerun": list(rerun),
-        "process": this_process(), "library": __version__})
+        "process": this_process(), "heartbeat_seconds": ctx.settings.heartbeat_seconds,
+        "library": __version__})
     ctx.record = ctx.ledger.run(ctx.run_id)
     heartbeat = Heartbeat(ctx.ledger, ctx.run_id, job.name, ctx.settings.heartbeat_seconds)
     heartbeat.start()
