@@ -2,14 +2,25 @@
 
 A stage's fingerprint covers (DESIGN.md, semantics 2):
 
-* its **code**: the function's syntax tree (comments, formatting and the
-  docstring do not count), plus, recursively, the helper functions, classes
-  and constants (of any JSON-able type) it refers to, its closure, its default
-  arguments and the bodies of the UDFs it calls;
+* its **code as this process loaded it**: the function's code object
+  (bytecode, names, constants and nested functions; line numbers, comments,
+  formatting and the docstring do not count), plus, recursively, what it
+  reaches: the helper functions it calls, the modules and names it imports,
+  in its body too, and the user's classes it uses (by their bases, their
+  methods with what those reach, and their attributes), its closure, its
+  default arguments and the bodies of the UDFs it calls;
+* every **constant** it reaches, element by element: numbers, strings,
+  containers, dataclasses, dates, decimals, enums, a pyspark ``DataType`` (a
+  schema) by its JSON, a compiled regex by pattern and flags, an object of the
+  user's own class by its state, a builtin or library callable by its
+  qualified name (library code is covered by the versions);
 * every **module of the user's project** it reaches (a sibling of the job
-  file, a package of the repository: anything outside the standard library,
-  site-packages and spark-recover), by its whole source, and the user modules
-  those import;
+  file, a package of the repository, a module in a zip on the path: anything
+  outside the standard library, site-packages and spark-recover), by its
+  whole source read through the module's loader, and the user modules those
+  import. A module whose source is no longer what the process loaded (edited
+  after import in a long-lived process) is refused (:class:`RefusedError`,
+  exit 3) naming it: restart the process or reload the module;
 * the run **parameters it can see**: only the keys it reads as
   ``params["key"]`` or ``params.get("key")``, or all of them when it uses
   ``params`` any other way;
@@ -20,8 +31,11 @@ A stage's fingerprint covers (DESIGN.md, semantics 2):
 
 It cannot see tables a stage reads through the injected ``spark`` (declare
 them with ``job.source`` to pin them; a warning says so at definition time),
-data read from outside Spark, the environment, or objects it cannot turn into
-JSON (only their type counts).
+data read from outside Spark, the environment, the clock, names a stage
+reaches only dynamically (``getattr``, ``importlib`` with a computed name), or
+the content of objects it cannot encode (a DataFrame, a ``Column``, a
+session, a client, a lock): those count by their type only, are listed in the
+parts under ``"unencoded"`` and named in a :class:`FingerprintWarning`.
 
 The parts are kept next to the digest, so a changed fingerprint can say *why*.
 """
@@ -184,15 +198,15 @@ def _source(module: types.ModuleType) -> str:
 
 
 def _stale_part(module: types.ModuleType, source: str) -> str | None:
-    """What the process loaded from ``module`` that its source no longer says, else ``None``.
+    """A function ``module`` holds whose code its source no longer says, else ``None``.
 
     Each function and method defined in the module is compared, by qualified
-    name, with the code its source compiles to now; each constant the source
-    assigns once a literal number, string or tuple, with its loaded value.
+    name, with the code its source compiles to now. Values (``THRESHOLD = 10``)
+    are not compared: the stage hashes those it reaches as loaded, and a test
+    may well have set one on purpose.
     """
     try:
         compiled = compile(source, module.__file__ or module.__name__, "exec", dont_inherit=True)
-        tree = ast.parse(source)
     except SyntaxError:
         return "its source no longer compiles"
     now: dict[str, list[Any]] = {}
@@ -205,10 +219,6 @@ def _stale_part(module: types.ModuleType, source: str) -> str | None:
         if func.__code__.co_filename == compiled.co_filename and \
                 _code_form(func.__code__) not in now.get(func.__code__.co_qualname, []):
             return f"function {func.__qualname__}"
-    for name, literal in _literal_constants(tree).items():
-        loaded = vars(module).get(name, literal)
-        if type(loaded) is not type(literal) or loaded != literal:
-            return f"constant {name} ({loaded!r}, the file says {literal!r})"
     return None
 
 
@@ -236,28 +246,6 @@ def _defined_functions(module: types.ModuleType) -> list[types.FunctionType]:
 def _unwrap(member: Any) -> Any:
     """The function behind a static or class method."""
     return member.__func__ if isinstance(member, (staticmethod, classmethod)) else member
-
-
-def _literal_constants(tree: ast.Module) -> dict[str, Any]:
-    """Top-level names bound once, to a literal number, string, bytes or tuple of them."""
-    bound: dict[str, int] = {}
-    values: dict[str, Any] = {}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Global):
-            bound.update({n: 2 for n in node.names})  # rebound from a function: not a constant
-    for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else \
-            [node.target] if isinstance(node, (ast.AugAssign, ast.AnnAssign)) else []
-        for target in targets:
-            if isinstance(target, ast.Name):
-                bound[target.id] = bound.get(target.id, 0) + 1
-                if isinstance(node, ast.Assign) and len(node.targets) == 1:
-                    try:
-                        values[target.id] = ast.literal_eval(node.value)
-                    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-                        pass
-    immutable = (int, float, complex, str, bytes, bool, type(None), tuple)
-    return {n: v for n, v in values.items() if bound.get(n) == 1 and isinstance(v, immutable)}
 
 
 # What a class's namespace holds that is Python's bookkeeping, not the user's code or data.
@@ -409,6 +397,26 @@ class _Hasher:
                     self.module(value if isinstance(value, types.ModuleType) else sys.modules[value.__module__])
         return self.modules[path]
 
+    def attributes(self, scope: Mapping[str, Any], names: set[str]) -> dict[str, Any]:
+        """``helpers.THRESHOLD``: what a function may read from the user modules it names, as loaded.
+
+        A module counts by its source; the values the process holds in it may
+        differ (set since, or the file edited since import), so they count too.
+        """
+        out: dict[str, Any] = {}
+        todo = [(name, scope[name]) for name in sorted(names) if name in scope]
+        visited: set[int] = set()
+        while todo:
+            label, module = todo.pop()
+            if not isinstance(module, types.ModuleType) or user_file(module) is None or id(module) in visited:
+                continue
+            visited.add(id(module))
+            for attr in sorted(names & set(vars(module))):
+                value = vars(module)[attr]
+                out[f"{label}.{attr}"] = self.value(value, f"{label}.{attr}")
+                todo.append((f"{label}.{attr}", value))
+        return out
+
     def imported(self, func: types.FunctionType) -> dict[str, Any]:
         """What the imports inside a function's body bring in: modules and names, as loaded."""
         out: dict[str, Any] = {}
@@ -418,7 +426,7 @@ class _Hasher:
             try:
                 target = importlib.util.resolve_name("." * level + name, package) if level else name
                 module = sys.modules.get(target) or importlib.import_module(target)
-            except (ImportError, ValueError) as exc:  # it would fail in the stage too; say what we saw
+            except Exception as exc:  # noqa: BLE001 -- it fails in the stage too; say what we saw
                 self.unencoded.append(f"{label} in {func.__qualname__} (not importable: {exc})")
                 out[label] = {"unencoded": "import"}
                 continue
@@ -441,8 +449,9 @@ class _Hasher:
         path = user_file(func)
         if path is not None and path != self.job_file and func.__module__ in sys.modules:
             self.module(sys.modules[func.__module__])
-        scope = func.__globals__
-        refs = {name: self.value(scope[name], name) for name in sorted(_names(code)) if name in scope}
+        scope, names = func.__globals__, _names(code)
+        refs = {name: self.value(scope[name], name) for name in sorted(names) if name in scope}
+        refs.update(self.attributes(scope, names))
         closure = {}
         for name, cell in zip(code.co_freevars, func.__closure__ or ()):
             try:

@@ -46,8 +46,8 @@ class Rules:
 
 @job.stage
 def kept(spark):
-    from fp_helpers import THRESHOLD
-    return spark.range(100).where(F.col("id") >= THRESHOLD)
+    from fp_helpers import THRESHOLD, at_least
+    return spark.range(100).where(at_least(F.col("id"), THRESHOLD))
 
 
 @job.stage
@@ -70,7 +70,7 @@ def final(limited):
 job.sink("final", path="{out}/result", mode="overwrite")
 '''
 
-HELPERS = "THRESHOLD = 10\n"
+HELPERS = "THRESHOLD = 10\n\n\ndef at_least(c, n):\n    return c >= n\n"
 
 # (file, old text, new text, the stage that runs it, the reason it must give)
 EDITS = [
@@ -208,35 +208,45 @@ from spark_recover.errors import RefusedError
 from spark_recover.job import load_job
 from spark_recover.plan import plan_run
 
-def fingerprints():
-    return {p.name: p.fingerprint for p in plan_run(job, {}, {})}
+def codes():
+    return {p.name: p.parts["code"] for p in plan_run(job, {}, {})}
 
 def edit(path, old, new):
     text = open(path).read()
     assert old in text
     open(path, "w").write(text.replace(old, new))
 
-job = load_job(sys.argv[1])
-first = fingerprints()
-edit(sys.argv[1], 'F.col("id") >= LIMITS', 'F.col("id") > LIMITS')
-out = {"same after job file edit": fingerprints() == first}
-edit(sys.argv[2], "THRESHOLD = 10", "THRESHOLD = 50")
-try:
-    fingerprints()
-    out["refused"] = None
-except RefusedError as exc:
-    out["refused"], out["exit"], out["module"] = str(exc), exc.exit_code, exc.fields.get("module")
+job_file, helpers = sys.argv[1], sys.argv[2]
+job = load_job(job_file)
+out = {"first": codes()}
+if sys.argv[3] == "stale":
+    edit(job_file, 'F.col("id") >= LIMITS', 'F.col("id") > LIMITS')
+    edit(helpers, "THRESHOLD = 10", "THRESHOLD = 50")
+    out["stale"] = codes()
+    edit(helpers, "return c >= n", "return c > n")
+    try:
+        codes()
+    except RefusedError as exc:
+        out["refused"], out["exit"], out["module"] = str(exc), exc.exit_code, exc.fields.get("module")
 print(json.dumps(out))
 """
 
 
 def test_a_process_running_old_code_never_records_the_edited_files(tmp_path):
     folder = _job_folder(tmp_path / "job")
-    done = _python(STALE, str(folder / "job.py"), str(folder / "fp_helpers.py"), env=_env(folder))
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    # The job file's functions are hashed as loaded: the process still runs `>=`.
-    assert out["same after job file edit"] is True
-    # A helper module counts by its source, which no longer is what the process loaded: refused.
-    assert out["refused"] is not None and "restart the process" in out["refused"], out
-    assert out["module"] == "fp_helpers" and out["exit"] == 3 and "fp_helpers.py" in out["refused"], out
+    job_file, helpers, env = str(folder / "job.py"), str(folder / "fp_helpers.py"), _env(folder)
+    kernel = _python(STALE, job_file, helpers, "stale", env=env)
+    assert kernel.returncode == 0, kernel.stderr[-3000:]
+    kernel = json.loads(kernel.stdout.strip().splitlines()[-1])
+    _edit(folder / "fp_helpers.py", "return c > n", "return c >= n")
+    fresh = _python(STALE, job_file, helpers, "fresh", env=env)  # a later process, loading the edited files
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    fresh = json.loads(fresh.stdout.strip().splitlines()[-1])["first"]
+
+    # The kernel still runs `>=` and THRESHOLD = 10: it records that, never the edited files...
+    assert kernel["stale"]["limited"] == kernel["first"]["limited"] != fresh["limited"]
+    # ...so a fresh process, running the new code, cannot reuse what the kernel computed.
+    assert kernel["stale"]["kept"] != fresh["kept"]
+    # A helper module counts by its source, which no longer holds the function the kernel runs: refused.
+    assert kernel.get("refused") and "restart the process" in kernel["refused"], kernel
+    assert kernel["module"] == "fp_helpers" and kernel["exit"] == 3 and "function at_least" in kernel["refused"]

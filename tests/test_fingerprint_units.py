@@ -83,23 +83,40 @@ def _write(path, text: str, tick: int) -> None:
     os.utime(path, (1_700_000_000 + tick, 1_700_000_000 + tick))  # never mistaken for the cached bytecode
 
 
-def test_an_import_inside_the_body_is_covered_and_a_stale_module_refused(tmp_path, monkeypatch):
+def test_an_import_inside_the_body_is_covered_as_loaded_and_a_stale_module_refused(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     helper = tmp_path / "fp_unit_helpers.py"
-    _write(helper, "THRESHOLD = 10\n", 0)
-    source = "def s(df):\n    from fp_unit_helpers import THRESHOLD\n    return df.limit(THRESHOLD)\n"
+    _write(helper, "THRESHOLD = 10\ndef cap(n):\n    return min(n, 100)\n", 0)
+    source = "def s(df):\n    from fp_unit_helpers import THRESHOLD, cap\n    return df.limit(cap(THRESHOLD))\n"
     try:
         first = _stage_code(source, tmp_path)
         assert list(first["modules"]) == ["fp_unit_helpers.py"]
-        _write(helper, "THRESHOLD = 50\n", 1)
-        with pytest.raises(RefusedError, match=r"fp_unit_helpers\.py.*restart the process") as info:
-            _stage_code(source, tmp_path)  # this process still holds THRESHOLD = 10
-        assert info.value.fields["module"] == "fp_unit_helpers"
+        _write(helper, "THRESHOLD = 50\ndef cap(n):\n    return min(n, 100)\n", 1)
+        stale = _stage_code(source, tmp_path)  # this process still holds THRESHOLD = 10
         importlib.reload(sys.modules["fp_unit_helpers"])
-        second = _stage_code(source, tmp_path)
-        assert second["code"] != first["code"] and second["modules"] != first["modules"]
+        fresh = _stage_code(source, tmp_path)  # and now 50, from the same file
+        assert fresh["modules"] == stale["modules"] != first["modules"]
+        assert fresh["code"] != stale["code"]  # the value as loaded counts, not the file's
+        _write(helper, "THRESHOLD = 50\ndef cap(n):\n    return min(n, 70)\n", 2)
+        with pytest.raises(RefusedError, match=r"fp_unit_helpers\.py.*function cap.*restart the process") as info:
+            _stage_code(source, tmp_path)  # the module's source no longer is the code this process runs
+        assert info.value.fields["module"] == "fp_unit_helpers" and info.value.exit_code == 3
+        importlib.reload(sys.modules["fp_unit_helpers"])
+        assert _stage_code(source, tmp_path)["code"] != fresh["code"]
     finally:
         sys.modules.pop("fp_unit_helpers", None)
+
+
+def test_a_module_attribute_counts_as_loaded(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _write(tmp_path / "fp_unit_conf.py", "LIMIT = 10\n", 0)
+    source = "import fp_unit_conf\ndef s(df):\n    return df.limit(fp_unit_conf.LIMIT)\n"
+    try:
+        first = _stage_code(source, tmp_path)
+        monkeypatch.setattr(sys.modules["fp_unit_conf"], "LIMIT", 20)  # as a test or a notebook may do
+        assert _stage_code(source, tmp_path)["code"] != first["code"]
+    finally:
+        sys.modules.pop("fp_unit_conf", None)
 
 
 def test_builtins_and_library_callables_count_by_name(tmp_path):
