@@ -18,9 +18,10 @@ A stage's fingerprint covers (DESIGN.md, semantics 2):
   file, a package of the repository, a module in a zip on the path: anything
   outside the standard library, site-packages and spark-recover), by its
   whole source read through the module's loader, and the user modules those
-  import. A module whose source is no longer what the process loaded (edited
+  import. A module holding a function its source no longer says (edited
   after import in a long-lived process) is refused (:class:`RefusedError`,
-  exit 3) naming it: restart the process or reload the module;
+  exit 3) naming it: restart the process or reload the module. Values count
+  as the process holds them, whatever the file says now;
 * the run **parameters it can see**: only the keys it reads as
   ``params["key"]`` or ``params.get("key")``, or all of them when it uses
   ``params`` any other way;
@@ -208,7 +209,7 @@ def _stale_part(module: types.ModuleType, source: str) -> str | None:
     try:
         compiled = compile(source, module.__file__ or module.__name__, "exec", dont_inherit=True)
     except SyntaxError:
-        return "its source no longer compiles"
+        return "source (it no longer compiles)"
     now: dict[str, list[Any]] = {}
     todo = [compiled]
     while todo:
@@ -420,6 +421,7 @@ class _Hasher:
     def imported(self, func: types.FunctionType) -> dict[str, Any]:
         """What the imports inside a function's body bring in: modules and names, as loaded."""
         out: dict[str, Any] = {}
+        bound: dict[str, Any] = {}  # what the imports bind, as the body's own names
         package = func.__globals__.get("__package__") or None
         for name, level, fromlist in _imports(func.__code__):
             label = f"import {'.' * level}{name}"
@@ -431,6 +433,8 @@ class _Hasher:
                 out[label] = {"unencoded": "import"}
                 continue
             out[label] = self.value(module, label)
+            if not fromlist:  # `import a.b` binds `a`
+                bound[target.split(".")[0]] = sys.modules.get(target.split(".")[0])
             for attr in fromlist:
                 if attr == "*":
                     continue
@@ -438,6 +442,8 @@ class _Hasher:
                 if found is None:
                     found = sys.modules.get(f"{module.__name__}.{attr}")
                 out[f"from {'.' * level}{name} import {attr}"] = self.value(found, attr)
+                bound[attr] = found
+        out.update(self.attributes(bound, _names(func.__code__)))  # `a.b.LIMIT` after `import a.b`
         return out
 
     def function(self, func: types.FunctionType) -> str:

@@ -125,3 +125,15 @@ def test_builtins_and_library_callables_count_by_name(tmp_path):
     lower = _stage_code("import os\nF = {'f': str.lower, 'j': os.path.join, 'n': len}\n"
                         "def s(df):\n    return F\n", tmp_path)
     assert upper["code"] != lower["code"] and "unencoded" not in upper
+
+
+def test_a_module_imported_in_the_body_counts_its_attributes_as_loaded(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _write(tmp_path / "fp_unit_body_conf.py", "LIMIT = 10\n", 0)
+    source = "def s(df):\n    import fp_unit_body_conf\n    return df.limit(fp_unit_body_conf.LIMIT)\n"
+    try:
+        first = _stage_code(source, tmp_path)
+        monkeypatch.setattr(sys.modules["fp_unit_body_conf"], "LIMIT", 20)
+        assert _stage_code(source, tmp_path)["code"] != first["code"]
+    finally:
+        sys.modules.pop("fp_unit_body_conf", None)
