@@ -331,6 +331,7 @@ class _Hasher:
             del self.seen[id(value)]
 
     def instance(self, value: Any, name: str) -> Any:
+        """An object that is not a container: by the encoding its kind has, else named as unencoded."""
         if dataclasses.is_dataclass(value):
             return {"dataclass": self.cls(type(value)),
                     "fields": {f.name: self.value(getattr(value, f.name), f"{name}.{f.name}")
