@@ -2,14 +2,26 @@
 
 A stage's fingerprint covers (DESIGN.md, semantics 2):
 
-* its **code**: the function's syntax tree (comments, formatting and the
-  docstring do not count), plus, recursively, the helper functions, classes
-  and constants (of any JSON-able type) it refers to, its closure, its default
-  arguments and the bodies of the UDFs it calls;
+* its **code as this process loaded it**: the function's code object
+  (bytecode, names, constants and nested functions; line numbers, comments,
+  formatting and the docstring do not count), plus, recursively, what it
+  reaches: the helper functions it calls, the modules and names it imports,
+  in its body too, and the user's classes it uses (by their bases, their
+  methods with what those reach, and their attributes), its closure, its
+  default arguments and the bodies of the UDFs it calls;
+* every **constant** it reaches, element by element: numbers, strings,
+  containers, dataclasses, dates, decimals, enums, a pyspark ``DataType`` (a
+  schema) by its JSON, a compiled regex by pattern and flags, an object of the
+  user's own class by its state, a builtin or library callable by its
+  qualified name (library code is covered by the versions);
 * every **module of the user's project** it reaches (a sibling of the job
-  file, a package of the repository: anything outside the standard library,
-  site-packages and spark-recover), by its whole source, and the user modules
-  those import;
+  file, a package of the repository, a module in a zip on the path: anything
+  outside the standard library, site-packages and spark-recover), by its
+  whole source read through the module's loader, and the user modules those
+  import. A module holding a function its source no longer says (edited
+  after import in a long-lived process) is refused (:class:`RefusedError`,
+  exit 3) naming it: restart the process or reload the module. Values count
+  as the process holds them, whatever the file says now;
 * the run **parameters it can see**: only the keys it reads as
   ``params["key"]`` or ``params.get("key")``, or all of them when it uses
   ``params`` any other way;
@@ -20,8 +32,11 @@ A stage's fingerprint covers (DESIGN.md, semantics 2):
 
 It cannot see tables a stage reads through the injected ``spark`` (declare
 them with ``job.source`` to pin them; a warning says so at definition time),
-data read from outside Spark, the environment, or objects it cannot turn into
-JSON (only their type counts).
+data read from outside Spark, the environment, the clock, names a stage
+reaches only dynamically (``getattr``, ``importlib`` with a computed name), or
+the content of objects it cannot encode (a DataFrame, a ``Column``, a
+session, a client, a lock): those count by their type only, are listed in the
+parts under ``"unencoded"`` and named in a :class:`FingerprintWarning`.
 
 The parts are kept next to the digest, so a changed fingerprint can say *why*.
 """
@@ -33,23 +48,34 @@ import dataclasses
 import datetime as dt
 import decimal
 import enum
+import dis
 import functools
 import hashlib
+import importlib
 import importlib.metadata
+import importlib.util
 import inspect
 import json
 import os
+import re
 import site
 import sys
 import sysconfig
 import textwrap
 import types
+import warnings
 from typing import Any, Callable, Mapping
 
-__all__ = ["digest", "code_parts", "user_file", "library_versions", "unpinned_reads",
+from .errors import RefusedError
+
+__all__ = ["FingerprintWarning", "digest", "code_parts", "user_file", "library_versions", "unpinned_reads",
            "visible_params", "stage_fingerprint", "explain_change"]
 
 _PRIMITIVES = (str, int, float, bool, bytes, type(None))
+
+
+class FingerprintWarning(UserWarning):
+    """A stage reaches a value the fingerprint cannot encode faithfully (only its type counts)."""
 
 
 def digest(value: Any, size: int = 32) -> str:
@@ -118,112 +144,347 @@ def _names(code: types.CodeType) -> set[str]:
     return names
 
 
-def _json_value(value: Any) -> Any:
-    """A JSON form of a constant (lists, dicts, sets, tuples, dataclasses of them), or TypeError."""
-    if isinstance(value, bytes):
-        return value.hex()
-    if isinstance(value, _PRIMITIVES):
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
-    if isinstance(value, (set, frozenset)):
-        return sorted((_json_value(v) for v in value), key=repr)
-    if isinstance(value, dict):
-        return {str(k): _json_value(v) for k, v in value.items()}
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {type(value).__qualname__: _json_value(dataclasses.asdict(value))}
-    if isinstance(value, (decimal.Decimal, dt.date, dt.time, dt.timedelta, enum.Enum)):
-        return repr(value)
-    raise TypeError(type(value).__name__)
+def _const_form(const: Any) -> Any:
+    """A code constant as data; a frozenset (``x in {"a", "b"}``) sorted, so no hash seed shows through."""
+    if isinstance(const, types.CodeType):
+        return _code_form(const)
+    if isinstance(const, (tuple, frozenset)):
+        items = [_const_form(c) for c in const]
+        return [type(const).__name__, sorted(items, key=repr) if isinstance(const, frozenset) else items]
+    return [type(const).__name__, repr(const)]
+
+
+def _code_form(code: types.CodeType, doc: str | None = None) -> list[Any]:
+    """A loaded code object as data: its bytecode, names and constants, nested code included.
+
+    Line numbers and file names do not count (so comments and formatting do
+    not); ``doc``, the function's docstring, is left out of its constants.
+    """
+    consts = list(code.co_consts)
+    if doc is not None and consts and consts[0] == doc:
+        consts[0] = None
+    return [code.co_code.hex(), code.co_names, code.co_varnames, code.co_freevars, code.co_cellvars,
+            code.co_argcount, code.co_posonlyargcount, code.co_kwonlyargcount, code.co_flags,
+            [_const_form(c) for c in consts]]
+
+
+def _imports(code: types.CodeType) -> list[tuple[str, int, tuple[str, ...]]]:
+    """The imports a function body runs: ``(module, level, names imported from it)``."""
+    found: list[tuple[str, int, tuple[str, ...]]] = []
+    consts: list[Any] = []
+    for ins in dis.get_instructions(code):
+        if ins.opname == "LOAD_CONST":
+            consts = [*consts[-1:], ins.argval]
+        elif ins.opname == "IMPORT_NAME" and len(consts) == 2:
+            level, fromlist = consts
+            found.append((ins.argval, level if isinstance(level, int) else 0, tuple(fromlist or ())))
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            found += _imports(const)
+    return found
+
+
+def _source(module: types.ModuleType) -> str:
+    """A module's source through its loader: a plain file, or a member of a zip on the path."""
+    loader = getattr(module, "__loader__", None)
+    try:
+        source = loader.get_source(module.__name__) if loader is not None else None
+    except (ImportError, OSError):
+        source = None
+    if source is None:
+        raise RefusedError(f"cannot read the source of module {module.__name__}",
+                           f"expected its loader to give the source of {module.__file__}, found none",
+                           module=module.__name__, path=module.__file__)
+    return source
+
+
+def _stale_part(module: types.ModuleType, source: str) -> str | None:
+    """A function ``module`` holds whose code its source no longer says, else ``None``.
+
+    Each function and method defined in the module is compared, by qualified
+    name, with the code its source compiles to now. Values (``THRESHOLD = 10``)
+    are not compared: the stage hashes those it reaches as loaded, and a test
+    may well have set one on purpose.
+    """
+    try:
+        compiled = compile(source, module.__file__ or module.__name__, "exec", dont_inherit=True)
+    except SyntaxError:
+        return "source (it no longer compiles)"
+    now: dict[str, list[Any]] = {}
+    todo = [compiled]
+    while todo:
+        code = todo.pop()
+        now.setdefault(code.co_qualname, []).append(_code_form(code))
+        todo += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    for func in _defined_functions(module):
+        if func.__code__.co_filename == compiled.co_filename and \
+                _code_form(func.__code__) not in now.get(func.__code__.co_qualname, []):
+            return f"function {func.__qualname__}"
+    return None
+
+
+def _defined_functions(module: types.ModuleType) -> list[types.FunctionType]:
+    """The functions a module defines, its classes' methods included (not what it imports).
+
+    A decorator's wrapper or a dataclass's generated method may claim the
+    module too: the caller keeps those whose code comes from the module's file.
+    """
+    found: list[types.FunctionType] = []
+    todo: list[Any] = list(vars(module).values())
+    seen: set[int] = set()
+    while todo:
+        value = todo.pop()
+        if id(value) in seen or getattr(value, "__module__", None) != module.__name__:
+            continue
+        seen.add(id(value))
+        if isinstance(value, types.FunctionType):
+            found.append(value)
+        elif isinstance(value, type):
+            todo += [_unwrap(v) for v in vars(value).values()]
+    return found
+
+
+def _unwrap(member: Any) -> Any:
+    """The function behind a static or class method."""
+    return member.__func__ if isinstance(member, (staticmethod, classmethod)) else member
+
+
+# What a class's namespace holds that is Python's bookkeeping, not the user's code or data.
+_CLASS_BOOKKEEPING = frozenset({"__dict__", "__weakref__", "__module__", "__qualname__", "__doc__",
+                                "__annotations__", "__orig_bases__", "__parameters__", "_abc_impl"})
+_SLOTS = (types.MemberDescriptorType, types.GetSetDescriptorType)
+_BUILTIN_CALLABLES = (types.BuiltinFunctionType, types.MethodDescriptorType, types.WrapperDescriptorType,
+                      types.MethodWrapperType, types.ClassMethodDescriptorType)
+
+
+def _qualified(obj: Any) -> str:
+    owner = getattr(obj, "__objclass__", None)
+    module = getattr(obj, "__module__", None) or getattr(owner, "__module__", None) or "builtins"
+    return f"{module}.{getattr(obj, '__qualname__', getattr(obj, '__name__', type(obj).__name__))}"
+
+
+def _spark_type_json(value: Any) -> str | None:
+    """A pyspark ``DataType`` (a schema) by its JSON; ``None`` for anything else."""
+    types_module = sys.modules.get("pyspark.sql.types")  # not imported: the value cannot be one
+    if types_module is not None and isinstance(value, types_module.DataType):
+        return value.json()
+    return None
 
 
 class _Hasher:
-    """Walks what a stage reaches: its code, helpers, modules of the user's project, values."""
+    """Walks what a stage reaches: its code as loaded, helpers, modules of the user's project, values."""
 
     def __init__(self, job_file: str | None, home: str | None) -> None:
         self.job_file = job_file  # seen function by function; other user modules count whole
         self.home = home  # the stage's module (a notebook's __main__ has no file, but is the user's)
-        self.seen: dict[int, str] = {}
+        self.seen: dict[int, Any] = {}
         self.modules: dict[str, str] = {}  # user module file -> digest of its source
+        self.unencoded: list[str] = []  # "name (type)" of each value only its type stands for
 
-    def value(self, value: Any) -> Any:
+    def mine(self, obj: Any) -> bool:
+        """Whether a function or class is the user's own code (not a library's)."""
+        return user_file(obj) is not None or getattr(obj, "__module__", None) == self.home
+
+    def value(self, value: Any, name: str) -> Any:
+        """A faithful, stable JSON form of ``value`` (``name`` says where it was found)."""
         inner = getattr(value, "func", None)
         if callable(inner) and hasattr(value, "returnType"):  # @F.udf, @F.pandas_udf
-            return {"udf": self.value(inner), "returnType": str(value.returnType)}
+            return {"udf": self.value(inner, name), "returnType": str(value.returnType)}
         if isinstance(value, functools.partial):
-            return {"partial": self.value(value.func), "args": self.value(list(value.args)),
-                    "kwargs": self.value(value.keywords)}
+            return {"partial": self.value(value.func, name), "args": self.value(list(value.args), name),
+                    "kwargs": self.value(value.keywords, name)}
         if isinstance(value, types.MethodType):
-            return self.value(value.__func__)
+            return {"method": self.value(value.__func__, name), "of": self.value(value.__self__, name)}
         if isinstance(value, types.FunctionType):
-            mine = user_file(value) or value.__module__ == self.home
-            return self.function(value) if mine else f"{value.__module__}.{value.__qualname__}"
+            return self.function(value) if self.mine(value) else _qualified(value)
+        if isinstance(value, _BUILTIN_CALLABLES):  # str.upper, len: library code, covered by versions
+            owner = getattr(value, "__self__", None)
+            bound = owner is not None and not isinstance(owner, (types.ModuleType, type))
+            return {"builtin": _qualified(value), "of": self.value(owner, name)} if bound else _qualified(value)
         if isinstance(value, types.ModuleType):
             return self.module(value) if user_file(value) else f"module {value.__name__}"
         if isinstance(value, type):
             return self.cls(value)
-        try:
-            return _json_value(value)
-        except TypeError:
-            # An object we cannot see into (a session, a DataFrame): its class only.
-            return {"instance of": self.cls(type(value))}
+        if isinstance(value, bytes):
+            return value.hex()
+        if isinstance(value, _PRIMITIVES):
+            return value
+        return self.container(value, name)
 
-    def cls(self, kind: type) -> str:
-        path = user_file(kind)
-        if path is None and kind.__module__ != self.home:
-            return f"{kind.__module__}.{kind.__qualname__}"
-        if path is not None and path != self.job_file:
-            return self.module(sys.modules[kind.__module__])
+    def container(self, value: Any, name: str) -> Any:
+        """Containers element by element, then the other kinds of constants a job holds."""
+        if id(value) in self.seen:  # a container that holds itself
+            return "recursive"
+        self.seen[id(value)] = value  # kept alive, so its id is not reused while we walk
         try:
-            return digest(inspect.getsource(kind))
-        except (OSError, TypeError):
-            return kind.__qualname__
+            if isinstance(value, (list, tuple)):
+                return [self.value(v, f"{name}[{i}]") for i, v in enumerate(value)]
+            if isinstance(value, (set, frozenset)):
+                return sorted((self.value(v, f"{name} element") for v in value), key=digest)
+            if isinstance(value, dict):
+                if all(isinstance(k, str) for k in value):
+                    return {k: self.value(v, f"{name}[{k!r}]") for k, v in value.items()}
+                return {"dict": sorted(([self.value(k, f"{name} key"), self.value(v, f"{name}[{k!r}]")]
+                                        for k, v in value.items()), key=digest)}
+            return self.instance(value, name)
+        finally:
+            del self.seen[id(value)]
+
+    def instance(self, value: Any, name: str) -> Any:
+        """An object that is not a container: by the encoding its kind has, else named as unencoded."""
+        if dataclasses.is_dataclass(value):
+            return {"dataclass": self.cls(type(value)),
+                    "fields": {f.name: self.value(getattr(value, f.name), f"{name}.{f.name}")
+                               for f in dataclasses.fields(value)}}
+        if isinstance(value, (decimal.Decimal, dt.date, dt.time, dt.timedelta, enum.Enum)):
+            return repr(value)
+        if isinstance(value, re.Pattern):
+            return {"regex": self.value(value.pattern, name), "flags": value.flags}
+        schema = _spark_type_json(value)
+        if schema is not None:
+            return {"spark type": schema}
+        if isinstance(value, os.PathLike):
+            return {"path": os.fspath(value)}
+        kind = type(value)
+        if self.mine(kind):  # an object of the user's own class: its class and its state
+            state = vars(value) if hasattr(value, "__dict__") else \
+                {s: getattr(value, s) for s in getattr(kind, "__slots__", ()) if hasattr(value, s)}
+            return {"instance of": self.cls(kind), "state": self.value(dict(state), name)}
+        # A session, a DataFrame, a Column, a client: we cannot see into it. Say so.
+        self.unencoded.append(f"{name} ({_qualified(kind)})")
+        return {"unencoded": _qualified(kind)}
+
+    def cls(self, kind: type) -> Any:
+        """A user's class by its bases, its methods as functions (with what they reach) and its attributes."""
+        if not self.mine(kind):
+            return _qualified(kind)
+        if id(kind) in self.seen:
+            return self.seen[id(kind)]
+        self.seen[id(kind)] = f"class {kind.__qualname__}"  # a method that names its own class
+        path = user_file(kind)
+        if path is not None and path != self.job_file:
+            self.module(sys.modules[kind.__module__])
+        members = {}
+        for key, member in sorted(vars(kind).items()):
+            if key in _CLASS_BOOKKEEPING or key.startswith("__dataclass_") or \
+                    (key.startswith("_") and key.endswith("_") and not key.startswith("__")) or \
+                    isinstance(member, _SLOTS):  # Python's bookkeeping, enum's own names, a slot's accessor
+                continue
+            member = _unwrap(member)
+            if isinstance(member, property):
+                member = [member.fget, member.fset, member.fdel]
+            members[key] = self.value(member, f"{kind.__qualname__}.{key}")
+        bases = [self.value(b, kind.__qualname__) for b in kind.__bases__ if b is not object]
+        self.seen[id(kind)] = digest({"class": kind.__qualname__, "bases": bases, "members": members})
+        return self.seen[id(kind)]
 
     def module(self, module: types.ModuleType) -> str:
-        """A user module counts whole (its source), with the user modules it uses."""
+        """A user module counts whole (its source, as loaded), with the user modules it uses."""
         path = user_file(module)
         if path is None or path == self.job_file:
             return f"module {module.__name__}"
         if path not in self.modules:
-            with open(path, "rb") as fh:
-                self.modules[path] = hashlib.sha256(fh.read()).hexdigest()[:32]
+            source = _source(module)
+            stale = _stale_part(module, source)
+            if stale is not None:
+                raise RefusedError(
+                    f"module {module.__name__} changed since this process imported it",
+                    f"expected {path} to hold the code this process runs, found a different {stale}; "
+                    "restart the process (or reload the module) so the fingerprint describes what runs",
+                    module=module.__name__, path=path)
+            self.modules[path] = hashlib.sha256(source.encode()).hexdigest()[:32]
             for value in list(vars(module).values()):
                 if isinstance(value, types.ModuleType) or (
                         isinstance(value, (types.FunctionType, type)) and user_file(value) not in (None, path)):
                     self.module(value if isinstance(value, types.ModuleType) else sys.modules[value.__module__])
         return self.modules[path]
 
-    def function(self, func: Callable[..., Any]) -> str:
+    def attributes(self, scope: Mapping[str, Any], names: set[str]) -> dict[str, Any]:
+        """``helpers.THRESHOLD``: what a function may read from the user modules it names, as loaded.
+
+        A module counts by its source; the values the process holds in it may
+        differ (set since, or the file edited since import), so they count too.
+        """
+        out: dict[str, Any] = {}
+        todo = [(name, scope[name]) for name in sorted(names) if name in scope]
+        visited: set[int] = set()
+        while todo:
+            label, module = todo.pop()
+            if not isinstance(module, types.ModuleType) or user_file(module) is None or id(module) in visited:
+                continue
+            visited.add(id(module))
+            for attr in sorted(names & set(vars(module))):
+                value = vars(module)[attr]
+                out[f"{label}.{attr}"] = self.value(value, f"{label}.{attr}")
+                todo.append((f"{label}.{attr}", value))
+        return out
+
+    def imported(self, func: types.FunctionType) -> dict[str, Any]:
+        """What the imports inside a function's body bring in: modules and names, as loaded."""
+        out: dict[str, Any] = {}
+        bound: dict[str, Any] = {}  # what the imports bind, as the body's own names
+        package = func.__globals__.get("__package__") or None
+        for name, level, fromlist in _imports(func.__code__):
+            label = f"import {'.' * level}{name}"
+            try:
+                target = importlib.util.resolve_name("." * level + name, package) if level else name
+                module = sys.modules.get(target) or importlib.import_module(target)
+            except Exception as exc:  # noqa: BLE001 -- it fails in the stage too; say what we saw
+                self.unencoded.append(f"{label} in {func.__qualname__} (not importable: {exc})")
+                out[label] = {"unencoded": "import"}
+                continue
+            out[label] = self.value(module, label)
+            if not fromlist:  # `import a.b` binds `a`
+                bound[target.split(".")[0]] = sys.modules.get(target.split(".")[0])
+            for attr in fromlist:
+                if attr == "*":
+                    continue
+                found = getattr(module, attr, None)
+                if found is None:
+                    found = sys.modules.get(f"{module.__name__}.{attr}")
+                out[f"from {'.' * level}{name} import {attr}"] = self.value(found, attr)
+                bound[attr] = found
+        out.update(self.attributes(bound, _names(func.__code__)))  # `a.b.LIMIT` after `import a.b`
+        return out
+
+    def function(self, func: types.FunctionType) -> str:
+        """A function by its loaded code, what it reads and imports, its closure and defaults."""
         if id(func) in self.seen:
             return self.seen[id(func)]
         self.seen[id(func)] = "recursive"
         code = func.__code__
-        tree = _function_tree(func)
-        body = ast.dump(tree) if tree is not None else code.co_code.hex() + repr(code.co_consts)
         path = user_file(func)
         if path is not None and path != self.job_file and func.__module__ in sys.modules:
             self.module(sys.modules[func.__module__])
-        scope = func.__globals__
-        refs = {name: self.value(scope[name]) for name in sorted(_names(code)) if name in scope}
+        scope, names = func.__globals__, _names(code)
+        refs = {name: self.value(scope[name], name) for name in sorted(names) if name in scope}
+        refs.update(self.attributes(scope, names))
         closure = {}
         for name, cell in zip(code.co_freevars, func.__closure__ or ()):
             try:
-                closure[name] = self.value(cell.cell_contents)
+                closure[name] = self.value(cell.cell_contents, name)
             except ValueError:  # an empty cell
                 closure[name] = None
-        defaults = {"args": self.value(list(func.__defaults__ or ())),
-                    "kwargs": self.value(dict(func.__kwdefaults__ or {}))}
-        self.seen[id(func)] = digest({"body": body, "refs": refs, "closure": closure, "defaults": defaults})
+        where = func.__qualname__
+        defaults = {"args": self.value(list(func.__defaults__ or ()), f"{where} default"),
+                    "kwargs": self.value(dict(func.__kwdefaults__ or {}), f"{where} default")}
+        self.seen[id(func)] = digest({"body": _code_form(code, func.__doc__), "refs": refs,
+                                      "imports": self.imported(func), "closure": closure,
+                                      "defaults": defaults})
         return self.seen[id(func)]
 
 
-def code_parts(func: Callable[..., Any], job_file: str | None = None) -> dict[str, Any]:
+def code_parts(func: Callable[..., Any], job_file: str | None = None, *, stage: str | None = None) -> dict[str, Any]:
     """What a stage runs: a hash of its code, and each user module it reaches with its hash.
 
-    The code hash covers the function's syntax tree (comments, formatting and
-    the docstring do not count), the helpers and constants it uses, its
-    closure, its default arguments and the bodies of the UDFs it calls.
-    Modules of the user's project other than the job file count whole.
+    The code hash covers the function's code as this process loaded it
+    (comments, formatting and the docstring do not count), the helpers,
+    classes and constants it uses, what it imports in its body, its closure,
+    its default arguments and the bodies of the UDFs it calls. Modules of the
+    user's project other than the job file count whole, by their source; one
+    whose source no longer is what the process loaded is refused
+    (:class:`RefusedError`). Values that cannot be encoded are listed under
+    ``"unencoded"`` and named in a :class:`FingerprintWarning` for ``stage``.
 
     >>> def f(x): return x + 1
     >>> before = code_parts(f)["code"]
@@ -238,7 +499,14 @@ def code_parts(func: Callable[..., Any], job_file: str | None = None) -> dict[st
     code = hasher.function(func)
     base = os.path.dirname(own or "")
     modules = {_short(path, base): h for path, h in hasher.modules.items() if path != own}
-    return {"code": code, "modules": dict(sorted(modules.items()))}
+    parts: dict[str, Any] = {"code": code, "modules": dict(sorted(modules.items()))}
+    if hasher.unencoded:
+        parts["unencoded"] = sorted(set(hasher.unencoded))
+        name = stage or getattr(func, "__name__", "?")
+        warnings.warn(FingerprintWarning(
+            f"stage {name!r}: the fingerprint cannot encode {', '.join(parts['unencoded'])}; only their type "
+            "counts, so a change in their content will not make the stage recompute"), stacklevel=2)
+    return parts
 
 
 def _short(path: str, base: str) -> str:

@@ -38,7 +38,7 @@ def _parts(stage: Stage, job_file: str | None, params: Mapping[str, Any], pins: 
            fingerprints: Mapping[str, str]) -> dict[str, Any]:
     keys = sorted(params) if stage.visible_params is None else sorted(stage.visible_params)
     return {
-        **code_parts(stage.func, job_file),
+        **code_parts(stage.func, job_file, stage=stage.name),
         "params": {k: params.get(k) for k in keys},
         "inputs": {i: fingerprints[i] for i in stage.inputs if i in fingerprints},
         "sources": {i: pins[i] for i in stage.inputs if i in pins},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -205,6 +206,8 @@ def test_fingerprint_names_a_changed_sibling_module(tmp_path, monkeypatch):
     first = _stage_code(job_src, tmp_path)
     assert list(first["modules"]) == ["helpers_fp.py"]
     helper.write_text("def scale(df):\n    return df.selectExpr('x * 3 AS x')\n")
+    os.utime(helper, (os.stat(helper).st_mtime + 5,) * 2)  # not mistaken for the cached bytecode
+    importlib.reload(sys.modules["helpers_fp"])  # the fingerprint hashes what this process runs
     second = _stage_code(job_src, tmp_path)
     assert explain_change(first, second) == "module helpers_fp.py changed"
     sys.modules.pop("helpers_fp", None)
