@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from .errors import RefusedError
 from .ledger import LeaseConflict, Ledger, RunRecord, process_alive, this_process
@@ -122,9 +122,21 @@ def claim(ledger: Ledger, job: str, params_key: str, run_id: str, detail: Mappin
 
     >>> claim(ledger, "daily_sales", key, run_id, {"params": {...}})   # doctest: +SKIP
     """
+    runs, version = _take(ledger, job, params_key, run_id, lambda at: ledger.append(
+        run_id, job, "run_started", only_at=at, detail=dict(detail)))
+    return Claim(ledger, run_id, job, params_key, frozenset(r.run_id for r in runs), version + 1)
+
+
+def _take(ledger: Ledger, job: str, params_key: str, who: str,
+          commit: Callable[[int], Any]) -> tuple[list[RunRecord], int]:
+    """Make ``commit(version)`` the very next commit after a ``version`` with the key free, or refuse.
+
+    Free: no live run and no live hold of the key. Returns the key's runs then, and that version.
+    """
     for _ in range(_ATTEMPTS):
         version = ledger.version()
-        runs = _runs_of_key(ledger, job, params_key, version)
+        runs = [r for r in ledger.runs(job, version=version) if r.params_key == params_key] \
+            if version >= 0 else []
         live = [r for r in runs if r.status == "running"]
         if live:
             raise holder_error(live[0])
@@ -132,20 +144,12 @@ def claim(ledger: Ledger, job: str, params_key: str, run_id: str, detail: Mappin
         if held:
             raise _hold_error(job, held)
         try:
-            ledger.append(run_id, job, "run_started", only_at=version, detail=dict(detail))
+            commit(version)
         except LeaseConflict:
             continue  # someone committed first (maybe a rival): read again
-        return Claim(ledger, run_id, job, params_key, frozenset(r.run_id for r in runs), version + 1)
-    raise _busy(ledger, run_id)
-
-
-def _runs_of_key(ledger: Ledger, job: str, params_key: str, version: int) -> list[RunRecord]:
-    return [r for r in ledger.runs(job, version=version) if r.params_key == params_key] if version >= 0 else []
-
-
-def _busy(ledger: Ledger, holder: str) -> RefusedError:
-    return RefusedError("could not take the lease", f"the ledger at {ledger.uri} kept changing during "
-                        f"{_ATTEMPTS} attempts to commit the lease of {holder}", run_id=holder)
+        return runs, version
+    raise RefusedError("could not take the lease", f"the ledger at {ledger.uri} kept changing during "
+                       f"{_ATTEMPTS} attempts to commit the lease of {who}", run_id=who)
 
 
 @contextlib.contextmanager
@@ -163,22 +167,8 @@ def hold(ledger: Ledger, job: str, params_key: str, of: str) -> Iterator[None]:
     if hold_is_live(journal, ledger.dead_after) and journal["attempt"].get("process") == this_process():
         yield  # this process holds it already
         return
-    for _ in range(_ATTEMPTS):
-        version = ledger.version()
-        live = [r for r in _runs_of_key(ledger, job, params_key, version) if r.status == "running"]
-        if live:
-            raise holder_error(live[0])
-        held = _live_hold(ledger, job, params_key)
-        if held:
-            raise _hold_error(job, held)
-        try:
-            ledger.append(key, "", "rollback_started", only_at=version,
-                          detail={"attempt": {"of": of, "process": this_process()}})
-        except LeaseConflict:
-            continue
-        break
-    else:
-        raise _busy(ledger, f"the rollback of {of}")
+    _take(ledger, job, params_key, f"the rollback of {of}", lambda at: ledger.append(
+        key, "", "rollback_started", only_at=at, detail={"attempt": {"of": of, "process": this_process()}}))
     try:
         yield
     finally:

@@ -171,3 +171,26 @@ def test_a_live_run_never_shows_as_rolled_back():
     dead = RunRecord("r3", "j", process={**this_process(), "pid": 0}, started_at=now, last_seen=now,
                      undone_by="r1", dead_after=0.0)
     assert dead.status == "rolled_back"
+
+
+def test_a_created_tables_files_are_what_its_log_ever_referenced(tmp_path):
+    """JVM-free: every version's files (added, then removed by an overwrite), checkpoints included."""
+    from spark_recover import table_files
+    from spark_recover.storage import Storage
+
+    table = tmp_path / "parent" / "t"
+    for mode in ("append", "append", "overwrite"):
+        deltalake.write_deltalake(str(table), pa.table({"k": ["a", "b"], "v": [1, 2]}), mode=mode,
+                                  partition_by=["k"])
+    deltalake.DeltaTable(str(table)).create_checkpoint()
+    store = Storage(None)
+    logged = table_files.logged_files(store, str(table))
+    assert len(logged) == 6 and all(p.startswith(("k=a/", "k=b/")) for p in logged)  # 3 versions x 2 partitions
+    debris = table / "k=a" / "part-00009-0c1e2d3f-0000-4000-8000-000000000000-c000.snappy.parquet"
+    debris.write_bytes(b"an uncommitted task file")
+    (table / "_SUCCESS").write_text("")
+    assert table_files.unlogged_files(store, str(table)) == ["_SUCCESS"]
+    (table / "_SUCCESS").unlink()
+    (tmp_path / "parent" / "keep.txt").write_text("x")
+    assert table_files.remove_table(store, str(table)) == 7
+    assert sorted(p.name for p in (tmp_path / "parent").iterdir()) == ["keep.txt"]
