@@ -29,10 +29,9 @@ after it started). A process's own hold does not block it (redo).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import datetime as dt
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from .errors import RefusedError
 from .ledger import LeaseConflict, Ledger, RunRecord, process_alive, this_process
@@ -134,16 +133,29 @@ def claim(ledger: Ledger, job: str, params_key: str, run_id: str, detail: Mappin
 
     >>> claim(ledger, "daily_sales", key, run_id, {"params": {...}})   # doctest: +SKIP
     """
+    runs, version, logical = _take(ledger, job, params_key, run_id, lambda at: ledger.append(
+        run_id, job, "run_started", only_at=at, detail=dict(detail)), origin_run_id=detail.get("origin_run_id"))
+    return Claim(ledger, run_id, job, params_key, frozenset(r.run_id for r in runs), version + 1, logical)
+
+
+def _take(ledger: Ledger, job: str, params_key: str, who: str, commit: Callable[[int], Any], *,
+          origin_run_id: str | None = None) -> tuple[list[RunRecord], int, str | None]:
+    """Make ``commit(version)`` the very next commit after a ``version`` with the key free, or refuse.
+
+    Free: no live run of the key or of the logical run ``origin_run_id`` belongs to, and no live
+    hold of the key; ``who`` is not a run id the ledger knows. Returns the competing runs then,
+    that version, and the logical run.
+    """
     for _ in range(_ATTEMPTS):
         version = ledger.version()
         known = ledger.runs(version=version) if version >= 0 else []
-        if any(r.run_id == run_id for r in known):
-            raise RefusedError(f"run id {run_id} is already in the ledger",
+        if any(r.run_id == who for r in known):
+            raise RefusedError(f"run id {who} is already in the ledger",
                                "expected a new run id for a new run; one run's events never merge into "
-                               "another's record", run_id=run_id)
-        origin = next((r for r in known if r.run_id == detail.get("origin_run_id")), None)
+                               "another's record", run_id=who)
+        origin = next((r for r in known if r.run_id == origin_run_id), None) if origin_run_id else None
         logical = (origin.root_run_id or origin.run_id) if origin is not None else None
-        probe = Claim(ledger, run_id, job, params_key, frozenset(), version + 1, logical)
+        probe = Claim(ledger, who, job, params_key, frozenset(), version + 1, logical)
         runs = [r for r in known if probe.covers(r)]
         live = [r for r in runs if r.status == "running"]
         if live:
@@ -152,20 +164,12 @@ def claim(ledger: Ledger, job: str, params_key: str, run_id: str, detail: Mappin
         if held:
             raise _hold_error(job, held)
         try:
-            ledger.append(run_id, job, "run_started", only_at=version, detail=dict(detail))
+            commit(version)
         except LeaseConflict:
             continue  # someone committed first (maybe a rival): read again
-        return dataclasses.replace(probe, known=frozenset(r.run_id for r in runs))
-    raise _busy(ledger, run_id)
-
-
-def _runs_of_key(ledger: Ledger, job: str, params_key: str, version: int) -> list[RunRecord]:
-    return [r for r in ledger.runs(job, version=version) if r.params_key == params_key] if version >= 0 else []
-
-
-def _busy(ledger: Ledger, holder: str) -> RefusedError:
-    return RefusedError("could not take the lease", f"the ledger at {ledger.uri} kept changing during "
-                        f"{_ATTEMPTS} attempts to commit the lease of {holder}", run_id=holder)
+        return runs, version, logical
+    raise RefusedError("could not take the lease", f"the ledger at {ledger.uri} kept changing during "
+                       f"{_ATTEMPTS} attempts to commit the lease of {who}", run_id=who)
 
 
 @contextlib.contextmanager
@@ -183,22 +187,9 @@ def hold(ledger: Ledger, job: str, params_key: str, of: str) -> Iterator[None]:
     if hold_is_live(journal, ledger.dead_after) and journal["attempt"].get("process") == this_process():
         yield  # this process holds it already
         return
-    for _ in range(_ATTEMPTS):
-        version = ledger.version()
-        live = [r for r in _runs_of_key(ledger, job, params_key, version) if r.status == "running"]
-        if live:
-            raise holder_error(live[0])
-        held = _live_hold(ledger, job, params_key)
-        if held:
-            raise _hold_error(job, held)
-        try:
-            ledger.append(key, "", "rollback_started", only_at=version,
-                          detail={"attempt": {"of": of, "process": this_process()}})
-        except LeaseConflict:
-            continue
-        break
-    else:
-        raise _busy(ledger, f"the rollback of {of}")
+    _take(ledger, job, params_key, f"the rollback of {of}", lambda at: ledger.append(
+        key, "", "rollback_started", only_at=at, detail={"attempt": {"of": of, "process": this_process()}}),
+        origin_run_id=of)  # a live resume of the run's logical run, whatever its parameters, holds it too
     try:
         yield
     finally:

@@ -105,8 +105,8 @@ def _check_sink_folder(stage: str, target: Target) -> None:
     if strangers:
         raise UsageError(f"sink of stage {stage!r} points at a folder that is not a Delta table",
                          f"expected a Delta table, an empty folder or nothing at {target.location}, found "
-                         f"{len(strangers)} file{'s' if len(strangers) > 1 else ''} that are not a Delta "
-                         f"table's ({', '.join(strangers[:5])}{', ...' if len(strangers) > 5 else ''}); "
+                         f"{len(strangers)} file{'s that are' if len(strangers) > 1 else ' that is'} not a "
+                         f"Delta table's ({', '.join(strangers[:5])}{', ...' if len(strangers) > 5 else ''}); "
                          "choose another path, or convert it to Delta first", table=target.location,
                          files=strangers[:20], count=len(strangers))
 

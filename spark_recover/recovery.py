@@ -285,7 +285,11 @@ def _refuse_foreign(foreign: Mapping[str, list[str]]) -> None:
 
 
 def _check_removable(target: Target) -> None:
-    """A table the run created is removed: only if its folder holds nothing its log never referenced."""
+    """A table the run created is removed: only if its folder holds nothing but the table's files.
+
+    The table's files are those of :mod:`spark_recover.table_files`: its log, what the log ever
+    referenced, and what its writers left uncommitted.
+    """
     strangers = table_files.unlogged_files(target, target.location)
     if strangers:
         raise RefusedError(f"{target.location} holds files that are not the Delta table's",

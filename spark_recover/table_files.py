@@ -2,8 +2,15 @@
 
 A rollback removes a table its run created. It may remove only what that
 table's own log ever referenced, in any version (files added, files removed,
-change data, deletion vectors), with the ``_delta_log`` itself: anything else
-in the folder is someone's data, and the rollback is refused. The log is read
+change data, deletion vectors), with the ``_delta_log`` itself, and what the
+table's writers left uncommitted: Spark and delta-rs name a data file
+``part-NNNNN-<uuid>-cNNN.<codec>.parquet`` and a deletion vector
+``deletion_vector_<uuid>.bin``, and leave such files unreferenced (Delta does
+not log an empty task's file; a writer killed before its commit leaves its
+files). A run never creates a table in a folder that held files (it refuses
+one), so such a file is the table's writers'. Anything else in the folder is
+someone's data (a ``_SUCCESS``, a ``README.txt``, another name), and the
+rollback is refused. The log is read
 from its commit files and checkpoints directly (one pass over ``_delta_log``),
 not version by version through delta-rs.
 """
@@ -23,6 +30,9 @@ __all__ = ["action_paths", "dv_file", "logged_files", "unlogged_files", "remove_
 _LOG = "_delta_log"
 _COMMIT = re.compile(r"^\d{20}(\.\d{20}\.compacted)?\.json$")
 _CHECKPOINT = re.compile(r"^(\d{20}\.checkpoint.*\.parquet|_sidecars/.+\.parquet)$")
+_UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
+_WRITERS = re.compile(rf"^([^/]+=[^/]*/)*(part-\d{{5}}-{_UUID}(-c\d{{3}})?(\.[a-z0-9]+)?\.parquet"
+                      rf"|([^/]+/)?deletion_vector_{_UUID}\.bin)$")
 _Z85 = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
 
 
@@ -122,32 +132,41 @@ def _companion_of(name: str) -> str | None:
     return f"{folder}/{base[1:-4]}" if folder else base[1:-4]
 
 
-def _kept(name: str, logged: set[str]) -> bool:
-    return name.startswith(f"{_LOG}/") or name in logged or _companion_of(name) in logged
+def _tables(name: str, logged: set[str]) -> bool:
+    """Whether a file under the folder is the table's: its log, a file it referenced, or its writers'."""
+    if name.startswith(f"{_LOG}/"):
+        return True
+    owner = _companion_of(name) or name
+    return owner in logged or bool(_WRITERS.match(owner))
 
 
 def unlogged_files(storage: Storage, location: str, logged: set[str] | None = None) -> list[str]:
-    """The files under a table's folder that are neither its log nor referenced by it."""
+    """The files under a table's folder that are not the table's (neither its log, nor logged, nor its writers').
+
+    >>> unlogged_files(Storage(None), "/tmp/no-such-table", set())
+    []
+    """
     logged = logged_files(storage, location) if logged is None else logged
-    return [f for f in storage.files(location) if not _kept(f, logged)]
+    return [f for f in storage.files(location) if not _tables(f, logged)]
 
 
 def remove_table(storage: Storage, location: str) -> int:
-    """Delete a table's log and every file it referenced, then the folders left empty; return the file count.
+    """Delete a table's log and every file of it, then the folders left empty; return the file count.
 
     Data files go first and the log last: a crash midway leaves a log that still
-    names what remains, so the next rollback removes it. A file the log never
-    referenced is left where it is (the caller refused such a folder before).
+    names what remains, so the next rollback removes it. A file that is not the
+    table's is left where it is (the caller refused such a folder before).
     """
     import pyarrow.fs as pafs
 
     logged = logged_files(storage, location)
     fs, base = storage.filesystem(location)
     base = base.rstrip("/")
-    doomed = [f for f in storage.files(location) if _kept(f, logged) and not f.startswith(f"{_LOG}/")]
+    doomed = [f for f in storage.files(location) if _tables(f, logged) and not f.startswith(f"{_LOG}/")]
     for name in doomed:
         fs.delete_file(f"{base}/{name}")
-    fs.delete_dir(f"{base}/{_LOG}")
+    if fs.get_file_info(f"{base}/{_LOG}").type == pafs.FileType.Directory:
+        fs.delete_dir(f"{base}/{_LOG}")
     folders = sorted((i.path for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))
                       if i.type == pafs.FileType.Directory), key=len, reverse=True)
     for folder in [*folders, base]:  # deepest first, the table's folder last; never its parent

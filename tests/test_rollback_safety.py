@@ -171,3 +171,44 @@ def test_a_live_run_never_shows_as_rolled_back():
     dead = RunRecord("r3", "j", process={**this_process(), "pid": 0}, started_at=now, last_seen=now,
                      undone_by="r1", dead_after=0.0)
     assert dead.status == "rolled_back"
+
+
+def test_a_created_tables_files_are_what_its_log_ever_referenced(tmp_path):
+    """JVM-free: every version's files (added, then removed by an overwrite), checkpoints included."""
+    from spark_recover import table_files
+    from spark_recover.storage import Storage
+
+    table = tmp_path / "parent" / "t"
+    for mode in ("append", "append", "overwrite"):
+        deltalake.write_deltalake(str(table), pa.table({"k": ["a", "b"], "v": [1, 2]}), mode=mode,
+                                  partition_by=["k"])
+    deltalake.DeltaTable(str(table)).create_checkpoint()
+    store = Storage(None)
+    logged = table_files.logged_files(store, str(table))
+    assert len(logged) == 6 and all(p.startswith(("k=a/", "k=b/")) for p in logged)  # 3 versions x 2 partitions
+    debris = table / "k=a" / "part-00009-0c1e2d3f-0000-4000-8000-000000000000-c000.snappy.parquet"
+    debris.write_bytes(b"an uncommitted task file")
+    (table / "_SUCCESS").write_text("")
+    assert table_files.unlogged_files(store, str(table)) == ["_SUCCESS"]
+    (table / "_SUCCESS").unlink()
+    (tmp_path / "parent" / "keep.txt").write_text("x")
+    assert table_files.remove_table(store, str(table)) == 7
+    assert sorted(p.name for p in (tmp_path / "parent").iterdir()) == ["keep.txt"]
+
+
+def test_a_replay_accepts_what_its_own_killed_writer_left(spark, sink_job, source_data, recover_root, tmp_path):
+    """The run created the table's folder; its writer died before the first commit: the resume goes on."""
+    from spark_recover.testing import crash_at
+
+    out = tmp_path / "out"
+    params = {"data": str(source_data), "out": str(out), "day": "3"}
+    crashed = crash_at(SINK_JOB, "region_totals", "sink_before", root=recover_root, params=params)
+    assert crashed.killed, crashed.stdout + crashed.stderr
+    debris = out / "region_totals" / "part-00000-5b0c7a1e-0000-4000-8000-000000000001-c000.snappy.parquet"
+    debris.parent.mkdir(parents=True)
+    pq.write_table(pa.table({"region": ["x"], "total": [1.0]}), debris)  # as a writer killed mid-write leaves
+    result = sink_job.resume(crashed.run_id, root=recover_root, spark=spark, echo=False)
+    assert result.status == "succeeded", result.error
+    done = spark_recover.rollback(result.run_id, root=recover_root, spark=spark, echo=False)
+    assert done["metrics"]["tables"] == len(TABLES)
+    assert not out.exists() or list(out.iterdir()) == []  # the writer's leftover went with its table
