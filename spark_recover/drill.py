@@ -29,14 +29,14 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Mapping
 
 from .config import Settings, load_settings
-from .errors import UsageError
+from .errors import RecoverError, RefusedError, StageError, UsageError
 from .failpoints import ENV as FAILPOINT_ENV
 from .job import Job, load_job
 from .ledger import Ledger, RunRecord
 from .publication import redirected, resolve_sinks
 from .storage import Layout, read_delta
 
-__all__ = ["Trial", "drill", "drill_text", "SECOND_KILL_SHARE"]
+__all__ = ["Trial", "drill", "drill_text", "clean_run_error", "SECOND_KILL_SHARE"]
 
 SECOND_KILL_SHARE = 0.3  # the share of trials whose first recovery is killed too
 _MAX_RECOVERIES = 6
@@ -155,7 +155,9 @@ class Scratch:
 
     @staticmethod
     def finish(proc: subprocess.Popen, kill_at: float | None = None, started: float = 0.0) -> tuple[int, str, bool]:
-        """Wait for a driver, SIGKILLing its process group at ``kill_at`` seconds; (code, stderr, killed)."""
+        """Wait for a driver, SIGKILLing its process group at ``kill_at`` seconds; (code, said, killed).
+
+        ``said`` is its stderr, or its stdout when stderr is empty (a failed run says why on stdout)."""
         killed = False
         if kill_at is not None:
             try:
@@ -163,8 +165,8 @@ class Scratch:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 killed = True
-        _, err = proc.communicate()
-        return proc.returncode, err, killed
+        out, err = proc.communicate()
+        return proc.returncode, err if err.strip() else out, killed
 
     def contents(self) -> dict[str, Counter]:
         out = {}
@@ -230,8 +232,7 @@ def drill(job_file: str, params: Mapping[str, str] | None = None, *, kills: int 
     code, err, _ = area.finish(area.start(f"{area.base}/clean", resume=False))
     clean_seconds = time.monotonic() - started
     if code != 0:
-        raise UsageError("the clean run of the drill failed", f"exit code {code}: {err.strip()[-1500:]}",
-                         exit_code=code)
+        raise clean_run_error(code, err)
     reference = area.contents()
     [clean_run] = area.runs(f"{area.base}/clean")
     computed = {s.name: s.seconds or 0.0 for s in clean_run.stages.values()}
@@ -283,6 +284,20 @@ def drill(job_file: str, params: Mapping[str, str] | None = None, *, kills: int 
               "sinks_redirected": area.tables, "summary": summary, "trials": [asdict(t) for t in trials],
               "damage": [{**asdict(c), "ok": c.ok} for c in cases]}
     return report
+
+
+def clean_run_error(code: int, output: str) -> RecoverError:
+    """The error of a drill whose clean run exited ``code``: of the type whose exit code is that run's.
+
+    The CLI's exit code comes from the error's type, so the run's own verdict (1 the job
+    failed, 2 bad input, 3 refused) reaches the drill's process; a run killed by a signal
+    (a negative code) failed, like a job that failed.
+
+    >>> clean_run_error(3, "lease held").exit_code, clean_run_error(-9, "").exit_code
+    (3, 1)
+    """
+    kind = {2: UsageError, 3: RefusedError}.get(code, StageError)
+    return kind("the clean run of the drill failed", f"exit code {code}: {output.strip()[-1500:]}", exit_code=code)
 
 
 def _summary(trials: list[Trial], computed: Mapping[str, float], worst: str) -> dict[str, Any]:

@@ -12,7 +12,9 @@ from spark_recover.drill import drill, drill_text
 from spark_recover.job import load_job
 from spark_recover.testing import assert_recovers, job_env, run_cli
 
-from conftest import SINK_JOB, TABLES
+from conftest import JOBS, SINK_JOB, TABLES
+
+FAILING_JOB = str(JOBS / "failing_job.py")
 
 
 def test_drill_of_every_sink_mode_loses_and_duplicates_nothing(spark, source_data, recover_root, tmp_path):
@@ -109,3 +111,10 @@ def test_drill_of_a_broken_sink_fails_and_names_the_seed(recover_root, tmp_path)
     assert trial["hit"] == "sink numbers" and trial["duplicates"] == 50, trial
     assert report["verdict"] == "FAIL: trial 1 (reproduce with --seed 0 --kills 1)" and report["failing_seed"] == 0
     assert not (tmp_path / "out").exists()
+
+
+def test_a_drill_whose_clean_run_fails_exits_with_that_runs_code(recover_root):
+    # The job's stage raises (exit 1): the drill must exit 1 too, not 2 (bad usage) with the code in a field.
+    result = run_cli("drill", FAILING_JOB, "-p", "fail=yes", "--kills", "1", "--seed", "0", "--root", recover_root)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "the clean run of the drill failed" in result.stderr and "exit code 1" in result.stderr, result.stderr
