@@ -7,7 +7,11 @@ sink writes included. It recovers as an operator would (``run --resume``,
 repeated until it succeeds; in some trials the first recovery is killed too),
 retries once more after success as a scheduler would, and compares every sink
 table with the clean run's, row for row (a multiset: duplicated, missing and
-extra rows).
+extra rows). Equal rows do not prove one publication (an overwrite, merge or
+replace_where sink written twice ends with the same rows), so each sink
+table's Delta history must also hold exactly one data commit by the trial's
+logical run. Every other recovery process, and the scheduler's retry, runs
+from a fresh working directory.
 
 Nothing touches the user's tables: every path sink is redirected under the
 drill's own folder (``<root>/drills/<id>/sinks``), which starts each trial as
