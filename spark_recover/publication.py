@@ -243,7 +243,7 @@ def check_txn_retention(table: str, retention: str | None, first_write: dt.datet
 
     >>> t0 = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
     >>> check_txn_retention("/t", "interval 2 days", t0, "A", now=t0 + dt.timedelta(days=1))
-    >>> check_txn_retention("/t", "interval 2 days", t0, "A", now=t0 + dt.timedelta(days=3))
+    >>> check_txn_retention("/t", "interval 2 days", t0, "A", now=t0 + dt.timedelta(days=3))  # doctest: +ELLIPSIS
     Traceback (most recent call last):
     spark_recover.errors.RefusedError: sink /t may have forgotten this logical run's write: ...
     """
