@@ -172,9 +172,7 @@ class Scratch:
 
     @staticmethod
     def finish(proc: subprocess.Popen, kill_at: float | None = None, started: float = 0.0) -> tuple[int, str, bool]:
-        """Wait for a driver, SIGKILLing its process group at ``kill_at`` seconds; (code, said, killed).
-
-        ``said`` is its stderr, or its stdout when stderr is empty (a failed run says why on stdout)."""
+        """Wait for a driver, SIGKILLing its process group at ``kill_at`` seconds; (code, stderr, killed)."""
         killed = False
         if kill_at is not None:
             try:
@@ -182,8 +180,8 @@ class Scratch:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 killed = True
-        out, err = proc.communicate()
-        return proc.returncode, err if err.strip() else out, killed
+        _, err = proc.communicate()
+        return proc.returncode, err, killed
 
     def contents(self) -> dict[str, Counter]:
         out = {}
@@ -297,10 +295,11 @@ def drill(job_file: str, params: Mapping[str, str] | None = None, *, kills: int 
     area.reset()
     area.initial_state = (area.contents(), area.exists())
     started = time.monotonic()
-    code, err, _ = area.finish(area.start(f"{area.base}/clean", resume=False))
+    clean = area.start(f"{area.base}/clean", resume=False)
+    out, err = clean.communicate()
     clean_seconds = time.monotonic() - started
-    if code != 0:
-        raise clean_run_error(code, err)
+    if clean.returncode != 0:  # a failed run says why on stdout, a crash on stderr
+        raise clean_run_error(clean.returncode, err if err.strip() else out)
     reference = area.contents()
     [clean_run] = area.runs(f"{area.base}/clean")
     computed = {s.name: s.seconds or 0.0 for s in clean_run.stages.values()}
