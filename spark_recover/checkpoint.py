@@ -16,9 +16,9 @@ Reading goes through the pinned version's file list (delta-rs reads the log
 in milliseconds) and Spark's parquet reader, instead of Delta's own log replay
 and state reconstruction in the JVM (~0.5 s a read): the same bytes, the same
 rows, never fewer (missing or corrupt files fail the read whatever the
-session's ``spark.sql.files.ignore*Files``). A table with deletion vectors or column mapping (an older release wrote
-checkpoints with Delta's writer, which session defaults could give either) is
-read by Delta instead.
+session's ``spark.sql.files.ignore*Files``). A table with deletion vectors or
+column mapping (an older release wrote checkpoints with Delta's writer, which
+session defaults could give either) is read by Delta instead.
 
 Column names Delta refuses (spaces, ``,;{}()=``, tabs, newlines, names equal
 but for case), at any depth, are stored under positional names (``c0``,

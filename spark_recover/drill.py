@@ -341,7 +341,8 @@ def drill(job_file: str, params: Mapping[str, str] | None = None, *, kills: int 
         verdict = f"FAIL: damaged state {broken[0].name}: {broken[0].error}"
     else:
         verdict = "PASS: " + ", ".join(
-            (["every trial recovered with no row lost, duplicated or extra"] if trials else [])
+            (["every trial recovered with no row lost, duplicated or extra, and every sink committed once"]
+             if trials else [])
             + (["every rollback matched its recovery point"] if with_rollback else [])
             + (["every damaged state was recomputed or refused plainly"] if damage else []))
     report = {"job": job.name, "job_file": job_file, "params": params, "seed": seed,

@@ -143,8 +143,9 @@ def check_txn_retention(spark, targets: Sequence[SinkTarget], lineage: Sequence[
         out += [warning] if warning else []
         runs = publication.writers(lineage, st.table)
         if runs:
-            first = _first_commit(st.target, state.uri, {r.run_id for r in runs}) or (runs[0].started_at, runs[0].run_id)
-            publication.check_txn_retention(st.table, state.txn_retention, first[0], first[1], now=now)
+            when, by = (_first_commit(st.target, state.uri, {r.run_id for r in runs})
+                        or (runs[0].started_at, runs[0].run_id))
+            publication.check_txn_retention(st.table, state.txn_retention, when, by, now=now)
     return out
 
 
