@@ -7,14 +7,18 @@ parquet files, then delta-rs commits them as version 0 of a new table, whose
 would cost ~0.3 s more a stage (per-file statistics, checksum, log replay
 after the commit) for nothing a checkpoint needs. A half-written checkpoint
 has no commit, so no reader sees it, and a committed table is never written
-to again. The ledger pins location and version.
+to again. The commit is made from a listing of the folder, so before it the
+rows in the listed files' parquet footers must equal the rows the write
+counted: a stray or cut-short file is refused, never committed. The ledger
+pins location and version.
 
 Reading goes through the pinned version's file list (delta-rs reads the log
 in milliseconds) and Spark's parquet reader, instead of Delta's own log replay
 and state reconstruction in the JVM (~0.5 s a read): the same bytes, the same
-rows. A table with deletion vectors or column mapping (an older release wrote
-checkpoints with Delta's writer, which session defaults could give either) is
-read by Delta instead.
+rows, never fewer (missing or corrupt files fail the read whatever the
+session's ``spark.sql.files.ignore*Files``). A table with deletion vectors or
+column mapping (an older release wrote checkpoints with Delta's writer, which
+session defaults could give either) is read by Delta instead.
 
 Column names Delta refuses (spaces, ``,;{}()=``, tabs, newlines, names equal
 but for case), at any depth, are stored under positional names (``c0``,
@@ -39,6 +43,9 @@ __all__ = ["Written", "write", "read", "verify"]
 
 _REFUSED_BY_DELTA = set(" ,;{}()\n\t=")
 _GLOB = set("{}[]*?\\")  # a path holding these is a pattern to Spark's file reader
+# A session that skips missing or corrupt files would silently drop a checkpoint's rows:
+# a checkpoint is read whole or fails (the read options outrank the session's confs).
+_STRICT = {"ignoreMissingFiles": "false", "ignoreCorruptFiles": "false"}
 
 
 @dataclass(frozen=True)
@@ -195,6 +202,8 @@ def write(df, location: str, metadata: Mapping[str, Any], layout: Storage) -> Wr
     files = [info for info in fs.get_file_info(pafs.FileSelector(base))
              if info.type == pafs.FileType.File and info.base_name.endswith(".parquet")
              and not info.base_name.startswith(("_", "."))]
+    rows = int(counted.get["rows"])
+    _check_listing(fs, files, rows, location)
     adds = [AddAction(path=urllib.parse.quote(info.base_name), size=info.size, partition_values={},
                       modification_time=int(info.mtime.timestamp() * 1000), data_change=True, stats=None)
             for info in files]
@@ -207,7 +216,34 @@ def write(df, location: str, metadata: Mapping[str, Any], layout: Storage) -> Wr
     except Exception as exc:  # mode="error": someone committed a table here after our check
         raise CheckpointError("checkpoint commit failed", f"expected to create version 0 of {location}, "
                               f"delta-rs refused: {_first(exc)}", location=location) from exc
-    return Written(version=0, rows=int(counted.get["rows"]), files=len(files), bytes=sum(i.size for i in files))
+    return Written(version=0, rows=rows, files=len(files), bytes=sum(i.size for i in files))
+
+
+def _check_listing(fs, files: list, rows: int, location: str) -> None:
+    """Refuse to commit a listing whose parquet footers do not hold the ``rows`` the write produced.
+
+    The commit adds whatever the folder lists: a file a zombie task or another
+    writer left there, or one cut short, would otherwise become checkpoint data.
+    Only footers are read.
+    """
+    import pyarrow.parquet as pq
+
+    names = ", ".join(sorted(i.base_name for i in files)[:10]) + (" ..." if len(files) > 10 else "")
+    found = 0
+    for info in files:
+        try:
+            with fs.open_input_file(info.path) as fh:
+                found += pq.read_metadata(fh).num_rows
+        except Exception as exc:  # not parquet, or cut short: no footer
+            raise CheckpointError("checkpoint folder holds a file that is not whole parquet",
+                                  f"expected the write's parquet files in {location}, found {info.base_name} "
+                                  f"without a readable footer ({_first(exc)}); nothing was committed",
+                                  location=location, file=info.base_name) from exc
+    if found != rows:
+        raise CheckpointError("checkpoint folder does not hold what the write produced",
+                              f"expected {rows} rows in {location}, the parquet footers of its "
+                              f"{len(files)} file(s) ({names}) hold {found}; nothing was committed",
+                              location=location, expected_rows=rows, found_rows=found)
 
 
 def read(spark, location: str, version: int, layout: Storage):
@@ -229,9 +265,10 @@ def read(spark, location: str, version: int, layout: Storage):
             and (dv is None or adds.column(dv).null_count == adds.num_rows) and not set(base) & _GLOB):
         schema = T.StructType.fromJson(json.loads(table.schema().to_json()))
         files = [f"{base}/{urllib.parse.unquote(p)}" for p in adds.column("path").to_pylist()]
-        df = spark.read.schema(schema).parquet(*files) if files else spark.createDataFrame([], schema)
+        df = spark.read.schema(schema).options(**_STRICT).parquet(*files) if files \
+            else spark.createDataFrame([], schema)
     else:  # physical column names, deletion vectors, or a path Spark would glob: Delta's own reader
-        df = spark.read.format("delta").option("versionAsOf", int(version)).load(spark_uri(location))
+        df = spark.read.format("delta").options(**_STRICT).option("versionAsOf", int(version)).load(spark_uri(location))
     return _original(df, meta["schema"]) if meta.get("schema") else df
 
 

@@ -7,7 +7,11 @@ sink writes included. It recovers as an operator would (``run --resume``,
 repeated until it succeeds; in some trials the first recovery is killed too),
 retries once more after success as a scheduler would, and compares every sink
 table with the clean run's, row for row (a multiset: duplicated, missing and
-extra rows).
+extra rows). Equal rows do not prove one publication (an overwrite, merge or
+replace_where sink written twice ends with the same rows), so each sink
+table's Delta history must also hold exactly one data commit by the trial's
+logical run. Every other recovery process, and the scheduler's retry, runs
+from a fresh working directory.
 
 Nothing touches the user's tables: every path sink is redirected under the
 drill's own folder (``<root>/drills/<id>/sinks``), which starts each trial as
@@ -16,27 +20,30 @@ a copy of the sink tables' current state. Each trial has its own root.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
 import os
 import random
 import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping, Sequence
 
 from .config import Settings, load_settings
-from .errors import UsageError
+from .errors import RecoverError, RefusedError, StageError, UsageError
 from .failpoints import ENV as FAILPOINT_ENV
 from .job import Job, load_job
 from .ledger import Ledger, RunRecord
 from .publication import redirected, resolve_sinks
-from .storage import Layout, read_delta
+from .storage import Layout, canonical, read_delta
 
-__all__ = ["Trial", "drill", "drill_text", "SECOND_KILL_SHARE"]
+__all__ = ["Trial", "drill", "drill_text", "clean_run_error", "sink_commits", "SECOND_KILL_SHARE"]
 
 SECOND_KILL_SHARE = 0.3  # the share of trials whose first recovery is killed too
 _MAX_RECOVERIES = 6
@@ -63,12 +70,15 @@ class Trial:
     rollback_attempts: int = 0
     rollback_seconds: float | None = None
     rollback_wrong_rows: int = 0  # rows that differ from the recovery point after the rollback
+    commits: dict[str, int] = field(default_factory=dict)  # each sink's data commits by the logical run
+    commit_problems: list[str] = field(default_factory=list)  # not exactly one commit per sink
+    moved_recoveries: int = 0  # recoveries run from a working directory of their own
     error: str | None = None
 
     @property
     def ok(self) -> bool:
         return self.error is None and not (self.duplicates or self.missing or self.extra or self.retry_wrote
-                                           or self.rollback_wrong_rows)
+                                           or self.rollback_wrong_rows or self.commit_problems)
 
 
 def _freeze(value: Any) -> Any:
@@ -108,7 +118,9 @@ class Scratch:
                  env: Mapping[str, str] | None, say: Callable[[str], None]) -> None:
         from .session import resolve_delta_jars
 
-        self.job_file, self.job, self.params, self.settings, self.say = job_file, job, dict(params), settings, say
+        # Absolute: some recoveries run from another working directory.
+        self.job_file, self.job, self.params, self.settings, self.say = (os.path.abspath(job_file), job, dict(params),
+                                                                         settings, say)
         stamp = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{os.getpid()}"
         user = Layout.at(settings.root, settings.storage_options)
         self.base = f"{user.root}/drills/{stamp}"
@@ -120,6 +132,9 @@ class Scratch:
         else:
             resolve_delta_jars()  # once: every driver process inherits the jars
         self.env = {**os.environ, **(env or {}), "SPARK_RECOVER_SINK_ROOT": self.sink_root}
+        source_tree = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if not source_tree.endswith("-packages"):  # run from a checkout: its drivers import this copy in any cwd
+            self.env["PYTHONPATH"] = os.pathsep.join(p for p in (source_tree, self.env.get("PYTHONPATH")) if p)
         self.env.pop(FAILPOINT_ENV, None)
         self.initial = {}
         self.initial_state: tuple[dict[str, Counter], dict[str, bool]] = ({}, {})  # set after the first reset
@@ -138,20 +153,22 @@ class Scratch:
         for scratch, copy in self.initial.items():
             self.store.copy_tree(copy, scratch)
 
-    def start(self, root: str, resume: bool, env: Mapping[str, str] | None = None) -> subprocess.Popen:
-        """``spark-recover run JOB --root ROOT [--resume]`` as a driver process of its own."""
+    def start(self, root: str, resume: bool, env: Mapping[str, str] | None = None,
+              cwd: str | None = None) -> subprocess.Popen:
+        """``spark-recover run JOB --root ROOT [--resume]`` as a driver process of its own (in ``cwd``)."""
         args = ["run", self.job_file, "--root", root]
         for key, value in self.params.items():
             args += ["-p", f"{key}={value}"]
-        return self.start_command(args + (["--resume"] if resume else []), env)
+        return self.start_command(args + (["--resume"] if resume else []), env, cwd)
 
-    def start_command(self, args: list[str], env: Mapping[str, str] | None = None) -> subprocess.Popen:
+    def start_command(self, args: list[str], env: Mapping[str, str] | None = None,
+                      cwd: str | None = None) -> subprocess.Popen:
         """A ``spark-recover`` command as a process group of its own (so a kill takes its JVM too)."""
         command = [sys.executable, "-m", "spark_recover", *args]
         if self.settings.conf_file:
-            command += ["--conf", self.settings.conf_file]
+            command += ["--conf", os.path.abspath(self.settings.conf_file)]
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env={**self.env, **(env or {})}, start_new_session=True)
+                                env={**self.env, **(env or {})}, start_new_session=True, cwd=cwd)
 
     @staticmethod
     def finish(proc: subprocess.Popen, kill_at: float | None = None, started: float = 0.0) -> tuple[int, str, bool]:
@@ -174,8 +191,59 @@ class Scratch:
             out[table] = Counter(_freeze(r) for r in rows)
         return out
 
+    def histories(self) -> dict[str, list[dict[str, Any]]]:
+        """Each scratch sink table's Delta history (empty: no table)."""
+        return {scratch: self.store.delta(scratch).history() if self.store.is_delta(scratch) else []
+                for scratch in self.tables.values()}
+
     def runs(self, root: str) -> list[RunRecord]:
         return Ledger(Layout.at(root, self.settings.storage_options)).runs(self.job.name)
+
+
+def _tag(commit: Mapping[str, Any]) -> dict[str, Any]:
+    try:
+        meta = json.loads(commit.get("userMetadata") or "{}")
+    except (TypeError, ValueError):  # another writer's free text
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
+def sink_commits(histories: Mapping[str, Sequence[Mapping[str, Any]]], runs: Sequence[RunRecord],
+                 names: Mapping[str, str] | None = None) -> tuple[dict[str, int], list[str]]:
+    """Count each sink's data commits by one logical run (``runs``), from each table's Delta history.
+
+    A sink publishes once per logical run: exactly one commit whose ``userMetadata``
+    names a run of it (a rollback's restore is not a publication), made by a run the
+    ledger says wrote it; a run the ledger says skipped a duplicate made none.
+    ``histories`` maps each sink table to its commits; ``names`` gives the table
+    names to report. Returns the counts and what is wrong (empty: nothing).
+
+    >>> w = lambda run: {"userMetadata": json.dumps({"run_id": run, "sink": "/t"})}
+    >>> sink_commits({"/t": [w("A"), w("B")]}, [RunRecord(run_id="A", job="j"), RunRecord(run_id="B", job="j")])
+    ({'/t': 2}, ['sink /t: 2 data commits in one logical run (runs A, B), expected exactly 1'])
+    """
+    names = names or {}
+    ids = {r.run_id for r in runs}
+    counts: dict[str, int] = {}
+    problems: list[str] = []
+    for table, history in histories.items():
+        name = names.get(table, table)
+        tags = [_tag(c) for c in history]
+        by = [t["run_id"] for t in tags if t.get("run_id") in ids and "sink" in t]
+        counts[name] = len(by)
+        if len(by) != 1:
+            problems.append(f"sink {name}: {len(by)} data commits in one logical run"
+                            + (f" (runs {', '.join(sorted(by))})" if by else "") + ", expected exactly 1")
+        for run in runs:
+            entry = next((e for t, e in run.sinks.items() if canonical(t) == canonical(table)), None)
+            if entry is None or entry.get("status") != "written":
+                continue
+            made = by.count(run.run_id)
+            if entry.get("skipped_duplicate") and made:
+                problems.append(f"sink {name}: run {run.run_id} recorded a skip but committed {made} time(s)")
+            elif not entry.get("skipped_duplicate") and made != 1:
+                problems.append(f"sink {name}: run {run.run_id} recorded a write but made {made} commits")
+    return counts, problems
 
 
 def difference(got: Mapping[str, Counter], want: Mapping[str, Counter]) -> tuple[int, int, int]:
@@ -227,11 +295,11 @@ def drill(job_file: str, params: Mapping[str, str] | None = None, *, kills: int 
     area.reset()
     area.initial_state = (area.contents(), area.exists())
     started = time.monotonic()
-    code, err, _ = area.finish(area.start(f"{area.base}/clean", resume=False))
+    clean = area.start(f"{area.base}/clean", resume=False)
+    out, err = clean.communicate()
     clean_seconds = time.monotonic() - started
-    if code != 0:
-        raise UsageError("the clean run of the drill failed", f"exit code {code}: {err.strip()[-1500:]}",
-                         exit_code=code)
+    if clean.returncode != 0:  # a failed run says why on stdout, a crash on stderr
+        raise clean_run_error(clean.returncode, err if err.strip() else out)
     reference = area.contents()
     [clean_run] = area.runs(f"{area.base}/clean")
     computed = {s.name: s.seconds or 0.0 for s in clean_run.stages.values()}
@@ -273,7 +341,8 @@ def drill(job_file: str, params: Mapping[str, str] | None = None, *, kills: int 
         verdict = f"FAIL: damaged state {broken[0].name}: {broken[0].error}"
     else:
         verdict = "PASS: " + ", ".join(
-            (["every trial recovered with no row lost, duplicated or extra"] if trials else [])
+            (["every trial recovered with no row lost, duplicated or extra, and every sink committed once"]
+             if trials else [])
             + (["every rollback matched its recovery point"] if with_rollback else [])
             + (["every damaged state was recomputed or refused plainly"] if damage else []))
     report = {"job": job.name, "job_file": job_file, "params": params, "seed": seed,
@@ -285,12 +354,30 @@ def drill(job_file: str, params: Mapping[str, str] | None = None, *, kills: int 
     return report
 
 
+def clean_run_error(code: int, output: str) -> RecoverError:
+    """The error of a drill whose clean run exited ``code``: of the type whose exit code is that run's.
+
+    The CLI's exit code comes from the error's type, so the run's own verdict (1 the job
+    failed, 2 bad input, 3 refused) reaches the drill's process; a run killed by a signal
+    (a negative code) failed, like a job that failed.
+
+    >>> clean_run_error(3, "lease held").exit_code, clean_run_error(-9, "").exit_code
+    (3, 1)
+    """
+    kind = {2: UsageError, 3: RefusedError}.get(code, StageError)
+    return kind("the clean run of the drill failed", f"exit code {code}: {output.strip()[-1500:]}", exit_code=code)
+
+
 def _summary(trials: list[Trial], computed: Mapping[str, float], worst: str) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "trials": len(trials), "kills": sum(t.kill_at is not None for t in trials),
         "second_kills": sum(t.second_kill for t in trials), "resumes": sum(t.resumes for t in trials),
         "duplicated_rows": sum(t.duplicates for t in trials), "missing_rows": sum(t.missing for t in trials),
         "extra_rows": sum(t.extra for t in trials),
+        # each sink's data commits per logical run (one a trial): exactly one each, else a fault
+        "sink_commits": sum(sum(t.commits.values()) for t in trials),
+        "sink_commit_faults": sum(len(t.commit_problems) for t in trials),
+        "moved_recoveries": sum(t.moved_recoveries for t in trials),
         "rpo_seconds": round(computed[worst], 3), "rpo_stage": worst,
     }
     recovery = [t.recovery_seconds for t in trials]
@@ -317,6 +404,11 @@ def _num(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
+def _elsewhere(moved: bool) -> Any:
+    """A fresh working directory for a driver process, removed after it (or ``None``: the drill's own)."""
+    return tempfile.TemporaryDirectory(prefix="spark-recover-drill-cwd-") if moved else contextlib.nullcontext()
+
+
 def _trial(area: Scratch, number: int, seed: int, clean_seconds: float, reference: Mapping[str, Counter],
            recover: Callable[[Settings], int] | None) -> Trial:
     rng = random.Random(seed)
@@ -339,13 +431,17 @@ def _trial(area: Scratch, number: int, seed: int, clean_seconds: float, referenc
             trial.error = f"not recovered after {_MAX_RECOVERIES} resumes"
             return trial
         t0 = time.monotonic()
-        if second and trial.resumes == 1:
-            trial.second_kill = True
-            code, err, _ = area.finish(area.start(root, resume=True), rng.uniform(0.0, clean_seconds), t0)
-        elif recover is not None:
-            code, err = recover(area.settings.replace(root=root, sink_root=area.sink_root)), ""
-        else:
-            code, err, _ = area.finish(area.start(root, resume=True))
+        # Every other recovery process runs from a fresh working directory: nothing may depend on it.
+        with _elsewhere((trial.number + trial.resumes) % 2 == 0) as cwd:
+            if second and trial.resumes == 1:
+                trial.second_kill = True
+                trial.moved_recoveries += cwd is not None
+                code, err, _ = area.finish(area.start(root, resume=True, cwd=cwd), rng.uniform(0.0, clean_seconds), t0)
+            elif recover is not None:
+                code, err = recover(area.settings.replace(root=root, sink_root=area.sink_root)), ""
+            else:
+                trial.moved_recoveries += cwd is not None
+                code, err, _ = area.finish(area.start(root, resume=True, cwd=cwd))
         trial.recovery_seconds += time.monotonic() - t0
         if code == 0:
             break
@@ -355,9 +451,12 @@ def _trial(area: Scratch, number: int, seed: int, clean_seconds: float, referenc
     trial.recovery_seconds = round(trial.recovery_seconds, 3)
     trial.recovery_ratio = round(trial.recovery_seconds / clean_seconds, 4)
     before = area.contents()
-    code, err, _ = area.finish(area.start(root, resume=True))  # the scheduler retries once more
+    with _elsewhere(True) as cwd:  # the scheduler retries once more, from a working directory of its own
+        code, err, _ = area.finish(area.start(root, resume=True, cwd=cwd))
+    trial.moved_recoveries += 1
     after = area.contents()
     trial.retry_wrote = after != before
+    trial.commits, trial.commit_problems = sink_commits(area.histories(), area.runs(root), names)
     if code != 0:
         trial.error = f"the retry after success exited {code}: {err.strip()[-300:]}"
     trial.duplicates, trial.missing, trial.extra = difference(after, reference)
@@ -408,8 +507,10 @@ def drill_text(report: Mapping[str, Any]) -> str:
 
     rows = [[t["number"], t["seed"], _num(t["kill_at"]), t["hit"], t["resumes"], t["recovery_seconds"],
              t["recovery_ratio"], t["duplicates"], t["missing"], t["extra"],
-             "ok" if not (t["error"] or t["duplicates"] or t["missing"] or t["extra"] or t["retry_wrote"])
-             else t["error"] or "FAILED"] for t in report["trials"]]
+             " ".join(str(n) for n in t["commits"].values()) or "-",
+             "ok" if not (t["error"] or t["duplicates"] or t["missing"] or t["extra"] or t["retry_wrote"]
+                          or t["commit_problems"])
+             else t["error"] or "; ".join(t["commit_problems"]) or "FAILED"] for t in report["trials"]]
     s = report["summary"]
     lines = [
         f"drill of job {report['job']} (seed {report['seed']}): sinks redirected under {report['drill_root']}/sinks,"
@@ -424,11 +525,14 @@ def drill_text(report: Mapping[str, Any]) -> str:
         lines += [
             "",
             table(["trial", "seed", "kill at (s)", "hit", "resumes", "recovery (s)", "R", "duplicated", "missing",
-                   "extra"] + (["rollback killed", "rollback attempts", "rows off the point"]
+                   "extra", "commits"] + (["rollback killed", "rollback attempts", "rows off the point"]
                                if "rollbacks" in s else []) + ["outcome"], rows),
             "",
             f"trials {s['trials']}, kills {s['kills']} (+{s['second_kills']} during a recovery), resumes {s['resumes']}",
             f"rows duplicated {s['duplicated_rows']}, missing {s['missing_rows']}, extra {s['extra_rows']}",
+            f"sink data commits {s['sink_commits']} ({len(report['sinks_redirected'])} sink(s) x {s['trials']} logical "
+            f"run(s), each must be 1): {s['sink_commit_faults']} off; {s['moved_recoveries']} recovery process(es) "
+            "ran from another working directory",
             f"recovery time (RTO): median {s['median_recovery_seconds']:.1f}s, max {s['max_recovery_seconds']:.1f}s "
             f"(clean run {report['clean_seconds']:.1f}s)",
         ]

@@ -21,6 +21,7 @@ feeds it what the ledger and the tables say.
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 from typing import Any, Collection, Iterable, Mapping, Sequence
 
@@ -28,10 +29,12 @@ from .errors import RefusedError
 from .fingerprint import digest
 from .job import Job, Sink
 from .ledger import RunRecord
+from .retention import interval_days
 from .storage import Layout, Target, canonical
 
 __all__ = ["SinkTarget", "Prior", "Decision", "app_id", "redirected", "resolve_sinks", "priors", "data_identity", "decide",
-           "recovery_point", "taken_versions", "created_tables"]
+           "recovery_point", "taken_versions", "created_tables", "TXN_RETENTION", "writers",
+           "txn_retention_warning", "check_txn_retention"]
 
 
 def app_id(job: str, params_key: str, target: Target) -> str:
@@ -227,3 +230,51 @@ def recovery_point(lineage: Sequence[RunRecord], tables: Iterable[str],
         if table not in point:
             point[table] = dict(state_now[table])
     return point, source
+
+
+TXN_RETENTION = "delta.setTransactionRetentionDuration"  # unset: Delta keeps transactions for ever
+
+
+def writers(lineage: Sequence[RunRecord], table: str) -> list[RunRecord]:
+    """The runs of the lineage that planned a write of ``table`` not undone by a rollback, oldest first."""
+    return [r for r in lineage if not r.rolled_back
+            and any(canonical(t) == canonical(table) and e.get("txn_app_id") for t, e in r.sinks.items())]
+
+
+def txn_retention_warning(table: str, retention: str | None, window_days: float) -> str | None:
+    """A warning when ``table`` forgets transactions sooner than a run may be resumed.
+
+    >>> txn_retention_warning("/t", "interval 1 hour", 7.0)[:62]
+    '/t: delta.setTransactionRetentionDuration is interval 1 hour ('
+    >>> txn_retention_warning("/t", None, 7.0) is None
+    True
+    """
+    if retention is None or interval_days(retention) >= window_days:
+        return None
+    return (f"{table}: {TXN_RETENTION} is {retention} ({interval_days(retention):g} days), shorter than the "
+            f"recovery window of {window_days:g} days; a resume later than that cannot rely on Delta to skip "
+            f"a write already made, and is refused (ALTER TABLE ... SET TBLPROPERTIES ('{TXN_RETENTION}' = "
+            f"'interval {max(1, round(window_days))} days'), or unset it)")
+
+
+def check_txn_retention(table: str, retention: str | None, first_write: dt.datetime, by_run: str,
+                        now: dt.datetime) -> None:
+    """Refuse (exit 3) a replay whose logical run first wrote ``table`` longer ago than it keeps transactions.
+
+    Delta may have dropped that transaction, so a replay of the write would not be
+    skipped but published again (a crash after the commit leaves no other trace).
+
+    >>> t0 = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+    >>> check_txn_retention("/t", "interval 2 days", t0, "A", now=t0 + dt.timedelta(days=1))
+    >>> check_txn_retention("/t", "interval 2 days", t0, "A", now=t0 + dt.timedelta(days=3))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    spark_recover.errors.RefusedError: sink /t may have forgotten this logical run's write: ...
+    """
+    if retention is None or now - first_write <= dt.timedelta(days=interval_days(retention)):
+        return
+    raise RefusedError(
+        f"sink {table} may have forgotten this logical run's write",
+        f"its {TXN_RETENTION} is {retention} and run {by_run} first wrote it at {first_write:%Y-%m-%dT%H:%M:%S}Z, "
+        f"{now - first_write} ago: Delta may no longer skip the write already made, so this replay could publish "
+        f"its rows twice. Roll back and replay instead: `spark-recover redo {by_run}`",
+        table=table, published_by=by_run, retention=retention)

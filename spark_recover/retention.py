@@ -25,7 +25,9 @@ from .ledger import Ledger, RunRecord
 from .sinks import isolated_session
 from .storage import Layout, Storage, canonical, native_uri, spark_uri
 
-__all__ = ["gc", "interval_days"]
+__all__ = ["gc", "interval_days", "RECOVERY_WINDOW_DAYS"]
+
+RECOVERY_WINDOW_DAYS = 7.0  # gc's default keep-days: how long a run stays resumable
 
 _DEFAULTS_DAYS = {"delta.deletedFileRetentionDuration": 7.0, "delta.logRetentionDuration": 30.0}
 _UNIT_DAYS = {"microsecond": 1 / 86_400_000_000, "millisecond": 1 / 86_400_000, "second": 1 / 86_400,
@@ -114,7 +116,7 @@ def _retention_warnings(storage: Storage, table: str, keep_days: float) -> list[
     return out
 
 
-def gc(keep_days: float = 7.0, *, root: str | None = None, settings: Settings | None = None,
+def gc(keep_days: float = RECOVERY_WINDOW_DAYS, *, root: str | None = None, settings: Settings | None = None,
        spark=None, dry_run: bool = False, echo: bool = True) -> dict[str, Any]:
     """Remove checkpoints no resumable run needs; warn about short Delta retention.
 

@@ -24,7 +24,7 @@ from typing import Any, Callable, Collection, Mapping
 
 from dataclasses import dataclass, field
 
-from . import __version__, checkpoint, failpoints, lease, publication, session, sinks, sources
+from . import __version__, checkpoint, failpoints, lease, publication, retention, session, sinks, sources
 from .rerun import new_run_id, params_key, plain_rerun_refusal
 from .config import Settings, load_settings
 from .errors import RecoverError, RefusedError, StageError, UsageError
@@ -250,6 +250,8 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
         plans = plan_run(job, ctx.params, pins, origin=resume_from, rerun=rerun, ancestors=chain[1:],
                          verify=lambda rec: checkpoint.verify(rec.checkpoint, rec.version, ctx.layout))
         _check_publication(ctx, spark, targets, plans, lineage)
+        for warning in sinks.check_txn_retention(spark, targets, lineage, retention.RECOVERY_WINDOW_DAYS):
+            ctx.say(f"warning: {warning}")
         _execute(ctx, spark, plans, pins)
         if targets:
             _publish(ctx, spark, targets, lineage)

@@ -14,19 +14,22 @@ write uses is :mod:`spark_recover.publication`'s rule.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import re
 import uuid
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Mapping, Sequence
 
 from .errors import UsageError
 from .storage import Target, native_uri, spark_uri
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .ledger import RunRecord
     from .publication import SinkTarget
 
-__all__ = ["fill_predicate", "TableState", "table_state", "physical_uri", "publish", "isolated_session"]
+__all__ = ["fill_predicate", "TableState", "table_state", "physical_uri", "publish", "isolated_session",
+           "check_txn_retention"]
 
 _TXN_CONFS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion",
               "spark.databricks.delta.commitInfo.userMetadata")
@@ -80,6 +83,7 @@ class TableState:
     timestamp: str | None = None
     txn_version: int | None = None
     uri: str | None = None  # where the table's files are (delta-rs spelling)
+    txn_retention: str | None = None  # delta.setTransactionRetentionDuration, when set
 
     def to_json(self) -> dict[str, Any]:
         return {"exists": self.exists, "version": self.version, "timestamp": self.timestamp}
@@ -102,7 +106,47 @@ def table_state(spark, target: Target, app: str | None = None) -> TableState:
     table = target.delta(uri)
     last = table.history(1)[0]
     return TableState(exists=True, version=table.version(), timestamp=str(last.get("timestamp")),
-                      txn_version=table.transaction_version(app) if app else None, uri=uri)
+                      txn_version=table.transaction_version(app) if app else None, uri=uri,
+                      txn_retention=table.metadata().configuration.get("delta.setTransactionRetentionDuration"))
+
+
+def _first_commit(target: Target, uri: str, run_ids: Collection[str]) -> tuple[dt.datetime, str] | None:
+    """The oldest commit in ``uri``'s history whose ``userMetadata`` names one of ``run_ids``: (time, run)."""
+    found = None
+    for commit in target.delta(uri).history():
+        try:
+            run = json.loads(commit.get("userMetadata") or "{}").get("run_id")
+        except (ValueError, AttributeError):  # another writer's free-text metadata
+            continue
+        if run in run_ids:
+            found = (dt.datetime.fromtimestamp(int(commit["timestamp"]) / 1000, dt.timezone.utc), run)
+    return found  # history is newest first: the last match is the oldest
+
+
+def check_txn_retention(spark, targets: Sequence[SinkTarget], lineage: Sequence[RunRecord], window_days: float,
+                        now: dt.datetime | None = None) -> list[str]:
+    """At run start: warnings for sinks that forget transactions within ``window_days``; a replay
+    whose logical run wrote a sink longer ago than that sink keeps transactions is refused (exit 3).
+
+    The write's time is its commit's in the table's history, else (never committed, or that
+    history cleaned up) the start of the run that planned it, the earliest it can have been.
+    """
+    from . import publication
+
+    now = now or dt.datetime.now(dt.timezone.utc)
+    out = []
+    for st in targets:
+        state = table_state(spark, st.target)
+        if not state.exists or state.txn_retention is None:
+            continue
+        warning = publication.txn_retention_warning(st.table, state.txn_retention, window_days)
+        out += [warning] if warning else []
+        runs = publication.writers(lineage, st.table)
+        if runs:
+            when, by = (_first_commit(st.target, state.uri, {r.run_id for r in runs})
+                        or (runs[0].started_at, runs[0].run_id))
+            publication.check_txn_retention(st.table, state.txn_retention, when, by, now=now)
+    return out
 
 
 def publish(spark, sink: SinkTarget, read: Callable[[Any], Any], app: str, txn_version: int,

@@ -60,7 +60,9 @@ def main() -> int:
         return proc.returncode or 2
     report["soak_seconds"] = round(seconds, 1)
     print(drill_text(report))
-    print(f"soak: {args.kills} kills in {seconds / 60:.1f} minutes (exit {proc.returncode})")
+    s = report["summary"]
+    print(f"soak: {args.kills} kills in {seconds / 60:.1f} minutes (exit {proc.returncode}); sink data commits "
+          f"{s['sink_commits']}, {s['sink_commit_faults']} not exactly one per sink per logical run")
     out = HERE.parent / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "soak.json").write_text(json.dumps(report, indent=2))

@@ -7,6 +7,8 @@ import decimal
 import json
 
 import deltalake
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from chispa import assert_df_equality
 from pyspark.sql import functions as F
@@ -125,3 +127,49 @@ def test_each_run_writes_its_own_checkpoint_table(spark, recover_root, source_da
     assert after["summary"].checkpoint != before["summary"] and after["summary"].version == 0
     assert after["cleaned"].reused and after["cleaned"].checkpoint == before["cleaned"]
     assert deltalake.DeltaTable(before["summary"]).version() == 0  # the first run's table is as it was
+
+
+def _with_stray_file(df, location: str, template: str):
+    """``df``, whose write also copies the file ``template`` into ``location`` from inside the job (a zombie writer)."""
+    from pyspark.sql import types as T
+
+    def leave_file(value):
+        import shutil
+
+        shutil.copyfile(template, f"{location}/part-99999-stray.parquet")
+        return value
+
+    return df.select(F.udf(leave_file, T.LongType(), useArrow=False)("id").alias("id"))  # the workers have no pyarrow
+
+
+@pytest.mark.parametrize("kind", ["whole", "partial"])
+def test_a_stray_file_in_the_checkpoint_folder_is_caught_before_the_commit(spark, tmp_path, kind):
+    layout = Layout.at(str(tmp_path))
+    location = layout.checkpoint("j", "k", "s", "r")
+    template = tmp_path / "stray.parquet"  # a real parquet file of 5 rows, or its first half
+    pq.write_table(pa.table({"id": list(range(5))}), template)
+    if kind == "partial":  # as a writer killed mid-file leaves it
+        template.write_bytes(template.read_bytes()[: template.stat().st_size // 2])
+    df = _with_stray_file(spark.range(0, 20, numPartitions=1), location, str(template))
+    with pytest.raises(CheckpointError) as caught:
+        checkpoint.write(df, location, {"run_id": "r"}, layout)
+    assert "part-99999-stray.parquet" in str(caught.value), caught.value
+    assert not deltalake.DeltaTable.is_deltatable(location)  # nothing committed
+
+
+def test_a_checkpoint_missing_a_file_fails_loudly_even_when_the_session_ignores_missing_files(spark, tmp_path):
+    layout = Layout.at(str(tmp_path))
+    location = layout.checkpoint("j", "k", "s", "r")
+    written = checkpoint.write(spark.range(0, 100, numPartitions=4), location, {"run_id": "r"}, layout)
+    assert written.files == 4
+    df = checkpoint.read(spark, location, written.version, layout)
+    first = sorted(p for p in (tmp_path / location).parent.glob(f"{location.rsplit('/', 1)[-1]}/*.parquet"))[0]
+    first.unlink()  # after the read was planned, before it runs: what a lazy DataFrame meets
+    spark.conf.set("spark.sql.files.ignoreMissingFiles", "true")
+    spark.conf.set("spark.sql.files.ignoreCorruptFiles", "true")
+    try:
+        with pytest.raises(Exception, match="(?i)does not exist|FileNotFound|not found"):
+            df.collect()
+    finally:
+        spark.conf.unset("spark.sql.files.ignoreMissingFiles")
+        spark.conf.unset("spark.sql.files.ignoreCorruptFiles")

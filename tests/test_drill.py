@@ -8,11 +8,14 @@ import deltalake
 import pytest
 
 from spark_recover.config import load_settings
-from spark_recover.drill import drill, drill_text
+from spark_recover.drill import drill, drill_text, sink_commits
+from spark_recover.ledger import RunRecord
 from spark_recover.job import load_job
 from spark_recover.testing import assert_recovers, job_env, run_cli
 
-from conftest import SINK_JOB, TABLES
+from conftest import JOBS, SINK_JOB, TABLES
+
+FAILING_JOB = str(JOBS / "failing_job.py")
 
 
 def test_drill_of_every_sink_mode_loses_and_duplicates_nothing(spark, source_data, recover_root, tmp_path):
@@ -109,3 +112,47 @@ def test_drill_of_a_broken_sink_fails_and_names_the_seed(recover_root, tmp_path)
     assert trial["hit"] == "sink numbers" and trial["duplicates"] == 50, trial
     assert report["verdict"] == "FAIL: trial 1 (reproduce with --seed 0 --kills 1)" and report["failing_seed"] == 0
     assert not (tmp_path / "out").exists()
+
+
+def test_a_drill_whose_clean_run_fails_exits_with_that_runs_code(recover_root):
+    # The job's stage raises (exit 1): the drill must exit 1 too, not 2 (bad usage) with the code in a field.
+    result = run_cli("drill", FAILING_JOB, "-p", "fail=yes", "--kills", "1", "--seed", "0", "--root", recover_root)
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "the clean run of the drill failed" in result.stderr and "exit code 1" in result.stderr, result.stderr
+
+
+def test_the_commit_checker_catches_a_double_commit_that_leaves_the_same_rows(spark, tmp_path):
+    # An overwrite sink written twice by one logical run (a replay under a new txnVersion): the final
+    # rows equal a single write's, so only the table's history shows it.
+    once, twice = str(tmp_path / "once"), str(tmp_path / "twice")
+    tag = json.dumps({"run_id": "R1", "sink": "/w/totals"})
+    for path, versions in ((once, [0]), (twice, [0, 1])):
+        for txn in versions:
+            (spark.range(5).write.format("delta").mode("overwrite").option("txnAppId", "app")
+             .option("txnVersion", txn).option("userMetadata", tag).save(path))
+    assert deltalake.DeltaTable(twice).to_pyarrow_table().num_rows == 5  # same rows as a single write
+    runs = [RunRecord(run_id="R0", job="j"),  # killed before it published
+            RunRecord(run_id="R1", job="j", sinks={twice: {"status": "written", "skipped_duplicate": False}})]
+    histories = {once: deltalake.DeltaTable(once).history(), twice: deltalake.DeltaTable(twice).history()}
+    counts, problems = sink_commits(histories, runs, {once: "once", twice: "twice"})
+    assert counts == {"once": 1, "twice": 2}
+    assert problems == ["sink twice: 2 data commits in one logical run (runs R1, R1), expected exactly 1",
+                        "sink twice: run R1 recorded a write but made 2 commits"]
+    # A run that recorded a skip must have made no commit; another logical run's commits do not count.
+    skipped = [RunRecord(run_id="R1", job="j", sinks={once: {"status": "written", "skipped_duplicate": True}})]
+    assert sink_commits({once: histories[once]}, skipped)[1] == [
+        f"sink {once}: run R1 recorded a skip but committed 1 time(s)"]
+    assert sink_commits({once: histories[once]}, [RunRecord(run_id="R9", job="j")])[0] == {once: 0}
+
+
+def test_a_drill_counts_each_sinks_commits_and_recovers_from_other_directories(spark, source_data, recover_root,
+                                                                                tmp_path):
+    params = {"data": str(source_data), "out": str(tmp_path / "out"), "day": "3"}
+    report = assert_recovers(SINK_JOB, params, kills=2, seed=11, spark=spark)
+    s = report["summary"]
+    assert s["sink_commits"] == 2 * len(TABLES) and s["sink_commit_faults"] == 0, report["trials"]
+    for t in report["trials"]:  # per trial (one logical run): every sink committed exactly once
+        assert sorted(t["commits"]) == sorted(report["sinks_redirected"]) and set(t["commits"].values()) == {1}, t
+        assert t["moved_recoveries"] >= 1 and t["commit_problems"] == []
+    text = drill_text(report)
+    assert "commits" in text and f"sink data commits {2 * len(TABLES)}" in text and "0 off" in text, text

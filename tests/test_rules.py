@@ -262,3 +262,32 @@ def test_a_replay_killed_early_passes_its_origins_checkpoints_on():
     assert (run.run_id, record.status, record.version) == ("A", "succeeded", 4)
     run, record = origin_stage([second, first], "t")
     assert (run.run_id, record.status) == ("B", "running")  # B chose to recompute it: no going back
+
+
+# -- sink transaction retention ------------------------------------------------
+
+def test_a_sink_forgetting_transactions_within_the_recovery_window_is_warned_about():
+    from spark_recover.publication import txn_retention_warning
+
+    warning = txn_retention_warning("/w/daily", "interval 36 hours", 7.0)
+    assert warning is not None and "(1.5 days), shorter than the recovery window of 7 days" in warning
+    assert txn_retention_warning("/w/daily", "interval 2 weeks", 7.0) is None
+    assert txn_retention_warning("/w/daily", None, 7.0) is None  # unset: Delta keeps transactions for ever
+
+
+def test_a_replay_past_the_sinks_transaction_retention_is_refused():
+    import datetime as dt
+
+    from spark_recover.ledger import RunRecord
+    from spark_recover.publication import check_txn_retention, writers
+
+    t0 = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)
+    check_txn_retention("/w/daily", "interval 2 days", t0, "A", now=t0 + dt.timedelta(days=2))  # within: allowed
+    check_txn_retention("/w/daily", None, t0, "A", now=t0 + dt.timedelta(days=900))  # never forgotten
+    with pytest.raises(RefusedError, match="spark-recover redo A") as refused:
+        check_txn_retention("/w/daily", "interval 2 days", t0, "A", now=t0 + dt.timedelta(days=2, seconds=1))
+    assert refused.value.exit_code == 3 and refused.value.fields["published_by"] == "A"
+    # Only runs that planned a write of that table, and whose writes no rollback undid, count.
+    wrote = RunRecord(run_id="A", job="j", sinks={"/w/daily/": {"txn_app_id": "app", "txn_version": 0}})
+    other = RunRecord(run_id="B", job="j", sinks={"/w/other": {"txn_app_id": "app2", "txn_version": 0}})
+    assert [r.run_id for r in writers([wrote, other], "/w/daily")] == ["A"]

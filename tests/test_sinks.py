@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import time
 from pathlib import Path
 
 import deltalake
@@ -11,6 +12,7 @@ import pytest
 
 import spark_recover
 from spark_recover.errors import DamagedStateError, RefusedError
+from spark_recover.job import load_job
 from spark_recover.ledger import Ledger
 from spark_recover.recovery import create_point
 from spark_recover.sinks import isolated_session
@@ -187,3 +189,41 @@ def test_rollback_of_running_run_is_refused(spark, sink_job, source_data, recove
         spark_recover.rollback("live-run", root=recover_root, spark=spark, echo=False)
     unknown = run_cli("rollback", "20990101T000000Z-000000", "--root", recover_root)
     assert unknown.returncode == 2 and "unknown run id" in unknown.stderr
+
+
+SHORT_TXN_JOB = '''
+from spark_recover import Job
+
+job = Job("short_txn_memory")
+
+
+@job.stage
+def numbers(spark):
+    return spark.range(10)
+
+
+job.sink("numbers", path="{out}/numbers", mode="append")
+'''
+
+
+def test_a_late_replay_past_the_sinks_transaction_retention_is_refused(spark, recover_root, tmp_path):
+    # The sink forgets transactions after a second: a replay after that cannot trust Delta to skip
+    # what the logical run already published, so it is refused (exit 3), and warned about at run start.
+    job_file = tmp_path / "short_txn_job.py"
+    job_file.write_text(SHORT_TXN_JOB)
+    table = tmp_path / "out" / "numbers"
+    spark.sql(f"CREATE TABLE delta.`{table}` (id BIGINT) USING DELTA "
+              "TBLPROPERTIES ('delta.setTransactionRetentionDuration' = 'interval 1 seconds')")
+    crashed = crash_at(str(job_file), "numbers", "sink_after_commit", root=recover_root,
+                       params={"out": str(tmp_path / "out")})
+    assert crashed.killed, crashed.stdout + crashed.stderr
+    assert "delta.setTransactionRetentionDuration" in crashed.stdout, crashed.stdout  # the warning at run start
+    published = deltalake.DeltaTable(str(table)).version()
+    assert deltalake.DeltaTable(str(table)).to_pyarrow_table().num_rows == 10
+    time.sleep(2)  # past the table's transaction retention
+    job = load_job(str(job_file))
+    with pytest.raises(RefusedError, match="setTransactionRetentionDuration") as refused:
+        job.resume(crashed.run_id, root=recover_root, spark=spark, echo=False)
+    assert refused.value.fields["table"].endswith("/out/numbers") and "redo" in str(refused.value)
+    assert deltalake.DeltaTable(str(table)).version() == published  # nothing published again
+    assert deltalake.DeltaTable(str(table)).to_pyarrow_table().num_rows == 10
