@@ -351,9 +351,9 @@ def explain_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     for key in sorted(set(old_i) | set(new_i)):
         if old_i.get(key) != new_i.get(key):
             reasons.append(f"input {key!r} changed")
-    old_s, new_s = old.get("session"), new.get("session")
-    if old_s != new_s:
-        reasons += _changed(old_s, new_s, "session settings", "session setting {} changed ({} -> {})")
+    if old.get("session") != new.get("session"):
+        reasons += _changed(old.get("session"), new.get("session"), "session settings",
+                            "session setting {} changed ({} -> {})")
     for part in ("engine", "library"):
         old_v, new_v = old.get(part), new.get(part)
         if old_v != new_v:

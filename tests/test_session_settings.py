@@ -5,18 +5,16 @@ verified before it is mapped (or skipped when the cache cannot be written)."""
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
-import shutil
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from conftest import JOBS, SMALL_JOB
+from conftest import JOBS
 from recovery_checks import assert_same_rows
 
 from spark_recover import Job
 from spark_recover.fingerprint import explain_change
-from spark_recover.session import _check_java, carried_settings, engine_versions, result_settings, startup_archive
+from spark_recover.session import carried_settings, engine_versions, result_settings
 from spark_recover.testing import CHILD_JAVA_OPTIONS, TEST_SPARK_CONFS, crash_at, run_args, run_cli, runs_of
 
 ZONED_JOB = str(JOBS / "zoned_job.py")
@@ -106,8 +104,10 @@ def test_a_merge_sink_sees_the_settings_set_at_runtime(spark, recover_root, tmp_
 
     @job.stage
     def changes(spark):  # `at` is an instant here, text in the sink: the MERGE renders it in its time zone
-        return spark.sql("SELECT * FROM VALUES (1L, TIMESTAMP'2026-01-01 00:00:00Z', 10L), "
-                         "(2L, TIMESTAMP'2026-07-01 12:00:00Z', 20L) AS t(k, at, extra)")
+        utc = dt.timezone.utc
+        return spark.createDataFrame([(1, dt.datetime(2026, 1, 1, tzinfo=utc), 10),
+                                      (2, dt.datetime(2026, 7, 1, 12, tzinfo=utc), 20)],
+                                     "k long, at timestamp, extra long")
 
     job.sink("changes", path=out, mode="merge", keys=["k"])
     runtime = {TZ: "America/New_York", "spark.databricks.delta.schema.autoMerge.enabled": "true"}
