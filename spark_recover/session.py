@@ -484,31 +484,32 @@ def result_settings(spark) -> dict[str, str | None]:
 def engine_versions(spark) -> dict[str, str]:
     """The Spark and Delta versions the session's engine runs: the server's under Spark Connect.
 
-    One query, asked once per session: Spark's ``version()`` and Delta's
-    ``io.delta.VERSION`` read by ``reflect`` in the engine's JVM (the client's
-    pip packages say nothing about a Connect server). Where ``reflect`` is not
-    allowed, the Delta jar named in ``spark.jars``/``spark.jars.packages``.
+    Asked once per session (the client's pip packages say nothing about a
+    Connect server): Spark's ``spark.version``; Delta's from the Delta jar the
+    engine was given (``spark.jars``/``spark.jars.packages``), else, when Delta
+    came some other way (a jar in Spark's own folder), from ``io.delta.VERSION``
+    read by ``reflect`` in the engine's JVM (one query, ~1 s in a new JVM).
 
     >>> engine_versions(spark)   # doctest: +SKIP
     {'Spark': '4.2.0', 'Delta': '4.4.0'}
     """
     known = _ENGINES.get(spark)
     if known is None:
-        from pyspark.errors import PySparkException
-
-        try:
-            row = spark.sql("SELECT version() AS spark, reflect('io.delta.package', 'VERSION') AS delta").first()
-            known = {"Spark": row["spark"].split()[0], "Delta": row["delta"]}
-        except PySparkException:
-            known = {"Spark": spark.version, "Delta": _delta_jar_version(spark)}
-        _ENGINES[spark] = known
+        known = _ENGINES[spark] = {"Spark": spark.version, "Delta": _delta_version(spark)}
     return dict(known)
 
 
-def _delta_jar_version(spark) -> str:
+def _delta_version(spark) -> str:
+    from pyspark.errors import PySparkException
+
     jars = ",".join(spark.conf.get(k, None) or "" for k in ("spark.jars", "spark.jars.packages"))
     found = re.search(r"delta[-_](?:spark|core)[\w.]*?[-_:](\d+\.\d+\.\d+[\w.-]*?)(?:\.jar)?(?:,|$)", jars)
-    return found.group(1) if found else "unknown"
+    if found:
+        return found.group(1)
+    try:
+        return spark.sql("SELECT reflect('io.delta.package', 'VERSION') AS v").first()["v"]
+    except PySparkException as exc:  # reflect not allowed here: say so rather than guess
+        return f"unknown ({type(exc).__name__})"
 
 
 def fingerprint_parts(spark) -> dict[str, Any]:
