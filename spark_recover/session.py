@@ -470,15 +470,28 @@ def result_settings(spark) -> dict[str, str | None]:
     >>> result_settings(spark)["spark.sql.session.timeZone"]   # doctest: +SKIP
     'UTC'
     """
+    out = {k: v for k, v in explicit_settings(spark).items() if k.startswith(RESULT_PREFIXES)}
+    # A setting this Spark line does not define has no value to record (its version is recorded).
+    out.update({k: v for k, v in _effective(spark, RESULT_SETTINGS).items() if v is not None})
+    return dict(sorted(out.items()))
+
+
+def _effective(spark, keys: tuple[str, ...]) -> dict[str, str | None]:
+    """The effective values (defaults included) of ``keys``, ``None`` where undefined: one round trip under Connect."""
+    if is_connect(spark):  # the public conf.get is one request per key; the protocol takes them all at once
+        from pyspark.sql.connect import proto
+
+        operation = proto.ConfigRequest.Operation(get_option=proto.ConfigRequest.GetOption(keys=list(keys)))
+        return dict(spark.client.config(operation).pairs)
     from pyspark.errors import SparkNoSuchElementException
 
-    out = {k: v for k, v in explicit_settings(spark).items() if k.startswith(RESULT_PREFIXES)}
-    for key in RESULT_SETTINGS:
+    out: dict[str, str | None] = {}
+    for key in keys:  # in-process calls, microseconds each
         try:
             out[key] = spark.conf.get(key)
-        except SparkNoSuchElementException:  # not a setting of this Spark line (its version is recorded)
-            continue
-    return dict(sorted(out.items()))
+        except SparkNoSuchElementException:
+            out[key] = None
+    return out
 
 
 def engine_versions(spark) -> dict[str, str]:
