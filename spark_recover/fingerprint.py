@@ -27,8 +27,11 @@ A stage's fingerprint covers (DESIGN.md, semantics 2):
   ``params`` any other way;
 * the fingerprints of its **input stages** and the **pinned versions** of its
   sources;
-* the installed versions of **spark-recover, pyspark and delta-spark**, which
-  stand for all library code.
+* the **session settings that change results** (time zone, ANSI mode, store
+  assignment, ``spark.sql.legacy.*``, rebase modes, case sensitivity...: see
+  :data:`spark_recover.session.RESULT_SETTINGS`), by name and value;
+* the versions of **spark-recover** and of the **Spark and Delta actually
+  running** (the server's under Spark Connect), which stand for all library code.
 
 It cannot see tables a stage reads through the injected ``spark`` (declare
 them with ``job.source`` to pin them; a warning says so at definition time),
@@ -52,7 +55,6 @@ import dis
 import functools
 import hashlib
 import importlib
-import importlib.metadata
 import importlib.util
 import inspect
 import json
@@ -518,18 +520,15 @@ def _short(path: str, base: str) -> str:
     return path
 
 
-@functools.lru_cache(maxsize=None)
 def library_versions() -> dict[str, str]:
-    """The installed versions that stand for all library code a stage runs."""
+    """The version of spark-recover, in every fingerprint.
+
+    Spark's and Delta's are the engine's (``session.engine_versions``), never
+    the pip packages installed here: under Spark Connect those are a client's.
+    """
     from . import __version__
 
-    out = {"spark-recover": __version__}
-    for dist in ("pyspark", "delta-spark"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = "absent"
-    return out
+    return {"spark-recover": __version__}
 
 
 _UNPINNED_READS = ("read", "readStream", "sql", "table")
@@ -620,14 +619,22 @@ def explain_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     for key in sorted(set(old_i) | set(new_i)):
         if old_i.get(key) != new_i.get(key):
             reasons.append(f"input {key!r} changed")
-    old_l, new_l = old.get("library"), new.get("library")
-    if old_l != new_l:
-        if isinstance(old_l, Mapping) and isinstance(new_l, Mapping):
-            reasons += [f"{lib} version changed ({old_l.get(lib)} -> {new_l.get(lib)})"
-                        for lib in sorted(set(old_l) | set(new_l)) if old_l.get(lib) != new_l.get(lib)]
-        else:
-            reasons.append(f"library versions changed ({old_l} -> {new_l})")
+    if old.get("session") != new.get("session"):
+        reasons += _changed(old.get("session"), new.get("session"), "session settings",
+                            "session setting {} changed ({} -> {})")
+    for part in ("engine", "library"):
+        old_v, new_v = old.get(part), new.get(part)
+        if old_v != new_v:
+            reasons += _changed(old_v, new_v, f"{part} versions", "{} version changed ({} -> {})")
     return "; ".join(reasons) or "fingerprint changed"
+
+
+def _changed(old: Any, new: Any, what: str, each: str) -> list[str]:
+    """Each differing key of two mappings in words (``unset`` where one lacks it)."""
+    if not (isinstance(old, Mapping) and isinstance(new, Mapping)):  # a fingerprint made before they were recorded
+        return [f"{what} {'not recorded before' if old is None else 'changed'}"]
+    return [each.format(key, old.get(key, "unset"), new.get(key, "unset"))
+            for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
 
 
 def _pin_text(pin: Any) -> str:

@@ -35,7 +35,7 @@ class StagePlan:
 
 
 def _parts(stage: Stage, job_file: str | None, params: Mapping[str, Any], pins: Mapping[str, Any],
-           fingerprints: Mapping[str, str]) -> dict[str, Any]:
+           fingerprints: Mapping[str, str], session_parts: Mapping[str, Any]) -> dict[str, Any]:
     keys = sorted(params) if stage.visible_params is None else sorted(stage.visible_params)
     return {
         **code_parts(stage.func, job_file, stage=stage.name),
@@ -43,6 +43,7 @@ def _parts(stage: Stage, job_file: str | None, params: Mapping[str, Any], pins: 
         "inputs": {i: fingerprints[i] for i in stage.inputs if i in fingerprints},
         "sources": {i: pins[i] for i in stage.inputs if i in pins},
         "library": library_versions(),
+        **session_parts,
     }
 
 
@@ -65,8 +66,11 @@ def origin_stage(chain: Sequence[RunRecord], name: str) -> tuple[RunRecord, Stag
 def plan_run(job: Job, params: Mapping[str, Any], pins: Mapping[str, Any],
              origin: RunRecord | None = None, rerun: Collection[str] = (),
              verify: Callable[[StageRecord], str | None] = lambda _: None,
-             ancestors: Sequence[RunRecord] = ()) -> list[StagePlan]:
+             ancestors: Sequence[RunRecord] = (), session_parts: Mapping[str, Any] | None = None) -> list[StagePlan]:
     """Plan every stage of ``job``; with an ``origin`` run, decide what to reuse.
+
+    ``session_parts``: what of the session every stage's fingerprint holds, its
+    result settings and engine versions (``session.fingerprint_parts``, asked once per run).
 
     ``verify`` checks a candidate checkpoint and returns what is wrong with it
     (it is called only for stages that would otherwise be reused).
@@ -77,7 +81,7 @@ def plan_run(job: Job, params: Mapping[str, Any], pins: Mapping[str, Any],
     reused: set[str] = set()
     plans: list[StagePlan] = []
     for stage in job.stages:
-        parts = _parts(stage, job.file, params, pins, fingerprints)
+        parts = _parts(stage, job.file, params, pins, fingerprints, session_parts or {})
         plan = StagePlan(stage, parts, stage_fingerprint(parts))
         fingerprints[stage.name] = plan.fingerprint
         plans.append(plan)

@@ -248,7 +248,8 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
         chain = _origin_chain(resume_from, lineage)
         pins = _pin_sources(ctx, spark, chain, refresh_sources)
         plans = plan_run(job, ctx.params, pins, origin=resume_from, rerun=rerun, ancestors=chain[1:],
-                         verify=lambda rec: checkpoint.verify(rec.checkpoint, rec.version, ctx.layout))
+                         verify=lambda rec: checkpoint.verify(rec.checkpoint, rec.version, ctx.layout),
+                         session_parts=session.fingerprint_parts(spark))
         _check_publication(ctx, spark, targets, plans, lineage)
         for warning in sinks.check_txn_retention(spark, targets, lineage, retention.RECOVERY_WINDOW_DAYS):
             ctx.say(f"warning: {warning}")

@@ -16,6 +16,11 @@ per machine, Java and pyspark (about 30 s, ~190 MB in the cache folder), then
 mapped by every driver. It saves ~4 s of each process's start and first query
 (15 s to 11 s for a small job here), which is most of a small resume.
 ``SPARK_RECOVER_JVM_ARCHIVE=off`` turns it off.
+
+What of a session changes results is this module's to say too: the settings
+every stage's fingerprint records (:data:`RESULT_SETTINGS`), the Spark and
+Delta versions actually running (the server's under Spark Connect), and the
+settings a MERGE's private session must carry over (:func:`carried_settings`).
 """
 
 from __future__ import annotations
@@ -31,15 +36,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import weakref
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 from .config import Settings
 from .errors import SessionError
 from .storage import hadoop_confs, is_s3
 
 __all__ = ["get_spark", "resolve_delta_jars", "resolve_s3a_jars", "s3a_coordinates", "delta_coordinate", "local_confs",
-           "startup_archive", "master", "describe", "attached", "is_connect"]
+           "startup_archive", "master", "describe", "attached", "is_connect", "RESULT_SETTINGS", "RESULT_PREFIXES",
+           "explicit_settings", "result_settings", "engine_versions", "fingerprint_parts", "carried_settings"]
 
 _DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 _DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
@@ -54,6 +61,31 @@ _S3A_SDK_MODULES = ("s3", "s3-transfer-manager", "sts")
 # What pyspark already ships: the SDK modules' copies would only shadow or clash.
 _PROVIDED_BY_SPARK = ("io.netty_", "org.slf4j_", "org.apache.httpcomponents_", "commons-codec_", "commons-logging_")
 ARCHIVE_ENV = "SPARK_RECOVER_JVM_ARCHIVE"
+
+#: The session settings that change what a query returns, recorded by name and effective value in every
+#: stage's fingerprint. An allow-list, so nothing else (no credential) is ever recorded. Besides the ones
+#: issue 24 names: the timestamp type of literals and casts, map key dedup, decimal precision loss, Impala
+#: int96 conversion, and skipping corrupt or missing files (rows silently dropped).
+RESULT_SETTINGS = (
+    "spark.sql.session.timeZone", "spark.sql.ansi.enabled", "spark.sql.storeAssignmentPolicy",
+    "spark.sql.caseSensitive", "spark.sql.timestampType", "spark.sql.mapKeyDedupPolicy",
+    "spark.sql.decimalOperations.allowPrecisionLoss",
+    "spark.sql.parquet.datetimeRebaseModeInRead", "spark.sql.parquet.datetimeRebaseModeInWrite",
+    "spark.sql.parquet.int96RebaseModeInRead", "spark.sql.parquet.int96RebaseModeInWrite",
+    "spark.sql.avro.datetimeRebaseModeInRead", "spark.sql.avro.datetimeRebaseModeInWrite",
+    "spark.sql.parquet.int96TimestampConversion",
+    "spark.sql.files.ignoreCorruptFiles", "spark.sql.files.ignoreMissingFiles",
+)
+#: Families of result-affecting settings recorded when set (their defaults come with the Spark version).
+RESULT_PREFIXES = ("spark.sql.legacy.",)
+# Carried into a MERGE's private session besides the result settings: storage (S3A keys set at runtime)
+# and Delta's behaviour (schema auto-merge, table property defaults)...
+_CARRIED_PREFIXES = ("fs.", "spark.hadoop.", "spark.databricks.delta.")
+# ... but never the per-write identifiers a private session exists to keep apart.
+_PER_WRITE = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion",
+              "spark.databricks.delta.commitInfo.userMetadata")
+# The Spark and Delta versions of the engine a session runs on, found once per session.
+_ENGINES: "weakref.WeakKeyDictionary[Any, dict[str, str]]" = weakref.WeakKeyDictionary()
 
 
 def delta_coordinate() -> str:
@@ -227,17 +259,50 @@ def local_confs(settings: Settings, jars: list[str], archive: Path | None = None
 def _archive_path(java: str, version_text: str) -> Path:
     import pyspark
 
-    key = "|".join([os.path.realpath(java), version_text, pyspark.__version__, os.path.dirname(pyspark.__file__)])
+    # "cds2": archives checked by their digest (an older spark-recover's, checked by size, is another file).
+    key = "|".join(["cds2", os.path.realpath(java), version_text, pyspark.__version__,
+                    os.path.dirname(pyspark.__file__)])
     return _cache_dir() / f"jvm-classes-{hashlib.sha256(key.encode()).hexdigest()[:16]}.jsa"
 
 
+def _file_digest(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def _stat_key(path: Path) -> list[int]:
+    # Any write to the file changes its ctime, which nothing can set back.
+    st = path.stat()
+    return [st.st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _write_marker(archive: Path, sha256: str) -> None:
+    """Record the archive's digest, and the file state it was checked in, beside it (atomically)."""
+    marker = archive.with_suffix(".sha256")
+    tmp = marker.with_suffix(f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps({"sha256": sha256, "checked": _stat_key(archive)}))
+    tmp.replace(marker)
+
+
 def _intact(archive: Path) -> bool:
-    """Made whole: a truncated archive would crash the JVM, so its size is kept beside it and compared."""
-    size = archive.with_suffix(".size")
+    """The archive is the one that was made and checked: a damaged one would crash the JVM, or worse.
+
+    Its SHA-256, written after a successful dump, is compared with the file's;
+    hashing 190 MB costs ~0.3 s, so it is done only when the file changed since
+    the last check (size, inode, mtime or ctime differ). A cache that cannot be
+    written keeps the archive in use, checked each time.
+    """
     try:
-        return archive.stat().st_size == int(size.read_text())
-    except (OSError, ValueError):
+        marker = json.loads(archive.with_suffix(".sha256").read_text())
+        if _stat_key(archive) == marker["checked"]:
+            return True
+        if _file_digest(archive) != marker["sha256"]:
+            return False
+    except (OSError, ValueError, KeyError, TypeError):
         return False
+    with contextlib.suppress(OSError):
+        _write_marker(archive, marker["sha256"])
+    return True
 
 
 def startup_archive(java: str, version_text: str) -> Path | None:
@@ -245,8 +310,9 @@ def startup_archive(java: str, version_text: str) -> Path | None:
 
     It is made in a child process that runs a small Delta workload and exits
     normally (the JVM writes the archive at exit), under a file lock, then
-    checked by starting a JVM on it, and only then put in place. A failure
-    costs nothing but the speed-up.
+    checked by starting a JVM on it, and only then put in place, with its
+    digest beside it (see :func:`_intact`). A failure, or a cache folder that
+    cannot be written, costs nothing but the speed-up (with a warning).
 
     >>> startup_archive("/usr/bin/java", 'openjdk version "17.0.15"')   # doctest: +SKIP
     PosixPath('/root/.cache/spark-recover/jvm-classes-3f1c0e9a2b7d4e11.jsa')
@@ -256,26 +322,38 @@ def startup_archive(java: str, version_text: str) -> Path | None:
     archive = _archive_path(java, version_text)
     if _intact(archive):
         return archive
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    with open(archive.with_suffix(".lock"), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not _intact(archive):
-            tmp = archive.with_suffix(f".tmp-{os.getpid()}")
-            print(f"spark-recover: making a class-data archive of the Spark driver JVM, once (about 30 s): "
-                  f"{archive}", file=sys.stderr, flush=True)
-            try:
-                made = subprocess.run([sys.executable, "-m", "spark_recover.session", "--archive", str(tmp)],
-                                      capture_output=True, timeout=300).returncode == 0
-                made = made and tmp.is_file() and subprocess.run(
-                    [java, f"-XX:SharedArchiveFile={tmp}", "-version"], capture_output=True).returncode == 0
-                if made:
-                    archive.with_suffix(".size").write_text(str(tmp.stat().st_size))
-                    tmp.replace(archive)
-            except (OSError, subprocess.SubprocessError):
-                pass
-            finally:
-                tmp.unlink(missing_ok=True)
+    try:
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        with open(archive.with_suffix(".lock"), "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not _intact(archive):
+                _make_archive(java, archive)
+    except OSError as exc:
+        print(f"spark-recover: warning: no class-data archive for the Spark driver JVM (it starts ~4 s slower): "
+              f"cannot write the cache folder {archive.parent}: {exc}. Set SPARK_RECOVER_CACHE to a writable "
+              f"folder, or {ARCHIVE_ENV}=off", file=sys.stderr, flush=True)
+        return None
     return archive if _intact(archive) else None
+
+
+def _make_archive(java: str, archive: Path) -> None:
+    tmp = archive.with_suffix(f".tmp-{os.getpid()}")
+    print(f"spark-recover: making a class-data archive of the Spark driver JVM, once (about 30 s): "
+          f"{archive}", file=sys.stderr, flush=True)
+    try:
+        made = subprocess.run([sys.executable, "-m", "spark_recover.session", "--archive", str(tmp)],
+                              capture_output=True, timeout=300).returncode == 0
+        made = made and tmp.is_file() and subprocess.run(
+            [java, f"-XX:SharedArchiveFile={tmp}", "-version"], capture_output=True).returncode == 0
+        if made:
+            sha256 = _file_digest(tmp)
+            archive.with_suffix(".sha256").unlink(missing_ok=True)  # no moment where a marker vouches for another file
+            tmp.replace(archive)
+            _write_marker(archive, sha256)
+    except subprocess.SubprocessError:
+        pass  # no archive: the session starts without one
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -369,6 +447,98 @@ def master(spark) -> str:
     if is_connect(spark) and spark.client.host.strip("[]") not in ("localhost", "127.0.0.1", "::1"):
         return f"{url} of the Spark Connect server at {spark.client.host}"
     return url
+
+
+def explicit_settings(spark) -> dict[str, str]:
+    """The settings set in a session (at start or at runtime), in one round trip, classic or Connect.
+
+    For this process only (copying, picking out families): it holds credentials, so it is never recorded.
+    """
+    listed = getattr(spark.conf, "getAll", None)  # a property since Spark 4.0
+    if isinstance(listed, Mapping):
+        return dict(listed)
+    # Spark 3.5: SET lists the names (it masks secrets' values), the values come one by one.
+    return {row[0]: spark.conf.get(row[0], None) for row in spark.sql("SET").collect()}
+
+
+def result_settings(spark) -> dict[str, str | None]:
+    """The settings of ``spark`` that change results, by name and effective value.
+
+    Each of :data:`RESULT_SETTINGS` (its default too: a session's time zone
+    defaults to the JVM's), and every :data:`RESULT_PREFIXES` setting that is set.
+
+    >>> result_settings(spark)["spark.sql.session.timeZone"]   # doctest: +SKIP
+    'UTC'
+    """
+    out = {k: v for k, v in explicit_settings(spark).items() if k.startswith(RESULT_PREFIXES)}
+    # A setting this Spark line does not define has no value to record (its version is recorded).
+    out.update({k: v for k, v in _effective(spark, RESULT_SETTINGS).items() if v is not None})
+    return dict(sorted(out.items()))
+
+
+def _effective(spark, keys: tuple[str, ...]) -> dict[str, str | None]:
+    """The effective values (defaults included) of ``keys``, ``None`` where undefined: one round trip under Connect."""
+    if is_connect(spark):  # the public conf.get is one request per key; the protocol takes them all at once
+        from pyspark.sql.connect import proto
+
+        operation = proto.ConfigRequest.Operation(get_option=proto.ConfigRequest.GetOption(keys=list(keys)))
+        return dict(spark.client.config(operation).pairs)
+    from pyspark.errors import SparkNoSuchElementException
+
+    out: dict[str, str | None] = {}
+    for key in keys:  # in-process calls, microseconds each
+        try:
+            out[key] = spark.conf.get(key)
+        except SparkNoSuchElementException:
+            out[key] = None
+    return out
+
+
+def engine_versions(spark) -> dict[str, str]:
+    """The Spark and Delta versions the session's engine runs: the server's under Spark Connect.
+
+    Asked once per session (the client's pip packages say nothing about a
+    Connect server): Spark's ``spark.version``; Delta's from the Delta jar the
+    engine was given (``spark.jars``/``spark.jars.packages``), else, when Delta
+    came some other way (a jar in Spark's own folder), from ``io.delta.VERSION``
+    read by ``reflect`` in the engine's JVM (one query, ~1 s in a new JVM).
+
+    >>> engine_versions(spark)   # doctest: +SKIP
+    {'Spark': '4.2.0', 'Delta': '4.4.0'}
+    """
+    known = _ENGINES.get(spark)
+    if known is None:
+        known = _ENGINES[spark] = {"Spark": spark.version, "Delta": _delta_version(spark)}
+    return dict(known)
+
+
+def _delta_version(spark) -> str:
+    from pyspark.errors import PySparkException
+
+    jars = ",".join(spark.conf.get(k, None) or "" for k in ("spark.jars", "spark.jars.packages"))
+    found = re.search(r"delta[-_](?:spark|core)[\w.]*?[-_:](\d+\.\d+\.\d+[\w.-]*?)(?:\.jar)?(?:,|$)", jars)
+    if found:
+        return found.group(1)
+    try:
+        return spark.sql("SELECT reflect('io.delta.package', 'VERSION') AS v").first()["v"]
+    except PySparkException as exc:  # reflect not allowed here: say so rather than guess
+        return f"unknown ({type(exc).__name__})"
+
+
+def fingerprint_parts(spark) -> dict[str, Any]:
+    """What of a session goes into every stage's fingerprint: its result settings and engine versions."""
+    return {"session": result_settings(spark), "engine": engine_versions(spark)}
+
+
+def carried_settings(settings: Mapping[str, str]) -> dict[str, str]:
+    """Of a session's set settings, those a private session of it must keep: results, storage, Delta.
+
+    >>> carried_settings({"spark.sql.ansi.enabled": "false", "fs.s3a.endpoint": "http://s3",
+    ...                   "spark.app.name": "x", "spark.databricks.delta.write.txnVersion": "3"})
+    {'spark.sql.ansi.enabled': 'false', 'fs.s3a.endpoint': 'http://s3'}
+    """
+    return {k: v for k, v in settings.items()
+            if (k in RESULT_SETTINGS or k.startswith(RESULT_PREFIXES + _CARRIED_PREFIXES)) and k not in _PER_WRITE}
 
 
 def get_spark(settings: Settings):

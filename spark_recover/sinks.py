@@ -203,17 +203,25 @@ def isolated_session(spark, confs: Mapping[str, str]) -> Iterator[Any]:
     Session confs of it (transaction identifiers, ``userMetadata``, VACUUM
     switches) are invisible to every other session, so they cannot leak into
     another thread's or job's writes. Classic: ``newSession()`` on the same
-    context. Spark Connect: a server-side clone of the session, released on exit
-    (sessions on a Connect server are per client session id, confs included).
+    context, given the caller's settings that change results or reach storage
+    (``session.carried_settings``: time zone, ANSI mode, S3A keys and schema
+    auto-merge set at runtime), which a new session would not have. Spark
+    Connect: a server-side clone of the session (every setting with it),
+    released on exit (sessions on a Connect server are per client session id,
+    confs included).
 
     >>> with isolated_session(spark, {"spark.databricks.delta.commitInfo.userMetadata": "x"}) as s:   # doctest: +SKIP
     ...     s.sql("RESTORE TABLE delta.`/tmp/t` TO VERSION AS OF 0")
     """
-    from .session import is_connect
+    from .session import carried_settings, explicit_settings, is_connect
 
     connect = is_connect(spark)
     session = spark.cloneSession() if connect else spark.newSession()
     try:
+        if not connect:
+            for key, value in carried_settings(explicit_settings(spark)).items():
+                if session.conf.get(key, None) != value:  # what it started with (static ones too) stays
+                    session.conf.set(key, value)
         for key, value in confs.items():
             session.conf.set(key, value)
         yield session
