@@ -197,14 +197,16 @@ def _replay_of(args: argparse.Namespace) -> tuple[Any, Settings]:
     path = args.job_file or origin.job_file
     if not path:
         raise UsageError(f"run {args.run_id} recorded no job file", "pass --job-file PATH")
-    if origin.conf_file and not (args.conf or os.environ.get("SPARK_RECOVER_CONF")):
-        if not os.path.isfile(origin.conf_file):
-            raise UsageError(f"run {args.run_id} ran with conf file {origin.conf_file}, which is gone",
-                             "expected that file to resume with the same settings; pass --conf FILE to "
-                             "resume with other settings", conf_file=origin.conf_file)
-        settings = load_settings(conf_file=origin.conf_file, root=settings.root, verbose=args.verbose,
-                                 remote=args.remote)
-    return load_job(path, origin.job), settings
+    recorded = None if args.conf or os.environ.get("SPARK_RECOVER_CONF") else origin.conf_file
+    if recorded and not os.path.isfile(recorded):
+        raise UsageError(f"run {args.run_id} ran with conf file {recorded}, which is gone",
+                         "expected that file to resume with the same settings; pass --conf FILE to "
+                         "resume with other settings", conf_file=recorded)
+    job = load_job(path, origin.job)
+    # The job's project, never the working directory, gives the defaults the recorded run lacks.
+    settings = load_settings(conf_file=recorded or args.conf, root=settings.root, verbose=args.verbose,
+                             remote=args.remote, project=job.project)
+    return job, settings
 
 
 def _cmd_redo(args: argparse.Namespace) -> int:

@@ -41,6 +41,7 @@ from .failpoints import ENV as FAILPOINT_ENV
 from .job import Job, load_job
 from .ledger import Ledger, RunRecord
 from .publication import redirected, resolve_sinks
+from .sinks import commit_tag
 from .storage import Layout, canonical, read_delta
 
 __all__ = ["Trial", "drill", "drill_text", "clean_run_error", "sink_commits", "SECOND_KILL_SHARE"]
@@ -200,14 +201,6 @@ class Scratch:
         return Ledger(Layout.at(root, self.settings.storage_options)).runs(self.job.name)
 
 
-def _tag(commit: Mapping[str, Any]) -> dict[str, Any]:
-    try:
-        meta = json.loads(commit.get("userMetadata") or "{}")
-    except (TypeError, ValueError):  # another writer's free text
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
 def sink_commits(histories: Mapping[str, Sequence[Mapping[str, Any]]], runs: Sequence[RunRecord],
                  names: Mapping[str, str] | None = None) -> tuple[dict[str, int], list[str]]:
     """Count each sink's data commits by one logical run (``runs``), from each table's Delta history.
@@ -228,7 +221,7 @@ def sink_commits(histories: Mapping[str, Sequence[Mapping[str, Any]]], runs: Seq
     problems: list[str] = []
     for table, history in histories.items():
         name = names.get(table, table)
-        tags = [_tag(c) for c in history]
+        tags = [commit_tag(c) for c in history]
         by = [t["run_id"] for t in tags if t.get("run_id") in ids and "sink" in t]
         counts[name] = len(by)
         if len(by) != 1:

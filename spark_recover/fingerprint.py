@@ -58,6 +58,7 @@ import importlib
 import importlib.util
 import inspect
 import json
+import logging
 import os
 import re
 import site
@@ -65,6 +66,7 @@ import sys
 import sysconfig
 import textwrap
 import types
+import uuid
 import warnings
 from typing import Any, Callable, Mapping
 
@@ -338,8 +340,12 @@ class _Hasher:
             return {"dataclass": self.cls(type(value)),
                     "fields": {f.name: self.value(getattr(value, f.name), f"{name}.{f.name}")
                                for f in dataclasses.fields(value)}}
-        if isinstance(value, (decimal.Decimal, dt.date, dt.time, dt.timedelta, enum.Enum)):
+        if isinstance(value, (decimal.Decimal, dt.date, dt.time, dt.timedelta, enum.Enum, uuid.UUID)):
             return repr(value)
+        if isinstance(value, dt.tzinfo):  # a time zone changes results: by its key (ZoneInfo) or its offset
+            return {"tzinfo": getattr(value, "key", None) or str(value)}
+        if isinstance(value, logging.Logger):  # writes logs, not data: its name is all that counts
+            return {"logger": value.name}
         if isinstance(value, re.Pattern):
             return {"regex": self.value(value.pattern, name), "flags": value.flags}
         schema = _spark_type_json(value)

@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping
 
 from .errors import RefusedError
-from .ledger import LeaseConflict, Ledger, RunRecord, process_alive, this_process
+from .ledger import Heartbeat, LeaseConflict, Ledger, RunRecord, process_alive, this_process
+from .liveness import BEATS_BEFORE_DEAD
 
 __all__ = ["Claim", "claim", "holder_error", "hold", "hold_key", "hold_is_live"]
 
@@ -71,6 +72,12 @@ class Claim:
                 f"its heartbeat was missing long enough for run {newer[0].run_id} to take over; "
                 "it stops before writing any sink. Check the newer run with "
                 f"`spark-recover show {newer[0].run_id}`", holder=newer[0].run_id, run_id=self.run_id)
+        held = _live_hold(self.ledger, self.job, {self.params_key})
+        if held:  # a rollback is admitted only when no run of the key lives: this run was judged dead
+            raise RefusedError(
+                f"run {self.run_id} lost its lease to a rollback of run {held['attempt'].get('of')}",
+                "its heartbeat was missing long enough for the rollback to take the lease; it stops "
+                "before writing any sink", holder=f"rollback of {held['attempt'].get('of')}", run_id=self.run_id)
 
 
 def holder_error(holder: RunRecord, logical_run: str | None = None) -> RefusedError:
@@ -106,16 +113,19 @@ def hold_is_live(journal: Mapping[str, Any] | None, dead_after: float,
     alive = process_alive((journal.get("attempt") or {}).get("process") or {})
     if alive is not None:
         return alive
-    started = dt.datetime.fromisoformat(str(journal.get("started_at")).replace("Z", "+00:00"))
-    return ((now or dt.datetime.now(dt.timezone.utc)) - started).total_seconds() <= dead_after
+    # Another host or container: alive while its heartbeat (or its start) is recent.
+    seen = max(dt.datetime.fromisoformat(str(t).replace("Z", "+00:00"))
+               for t in (journal.get("started_at"), journal.get("last_seen")) if t)
+    return ((now or dt.datetime.now(dt.timezone.utc)) - seen).total_seconds() <= dead_after
 
 
-def _live_hold(ledger: Ledger, job: str, params_key: str) -> dict[str, Any] | None:
-    """The key's live hold by another process, or ``None``."""
-    journal = ledger.journal(hold_key(job, params_key))
-    if not hold_is_live(journal, ledger.dead_after):
-        return None
-    return None if journal["attempt"].get("process") == this_process() else journal
+def _live_hold(ledger: Ledger, job: str, params_keys: set[str]) -> dict[str, Any] | None:
+    """A live hold of one of the keys by another process, or ``None``."""
+    for key in sorted(params_keys):
+        journal = ledger.journal(hold_key(job, key))
+        if hold_is_live(journal, ledger.dead_after) and journal["attempt"].get("process") != this_process():
+            return journal
+    return None
 
 
 def _hold_error(job: str, journal: Mapping[str, Any]) -> RefusedError:
@@ -160,7 +170,7 @@ def _take(ledger: Ledger, job: str, params_key: str, who: str, commit: Callable[
         live = [r for r in runs if r.status == "running"]
         if live:
             raise holder_error(live[0], logical_run=logical if live[0].params_key != params_key else None)
-        held = _live_hold(ledger, job, params_key)
+        held = _live_hold(ledger, job, {params_key} | {r.params_key for r in runs})  # the logical run's keys too
         if held:
             raise _hold_error(job, held)
         try:
@@ -190,7 +200,12 @@ def hold(ledger: Ledger, job: str, params_key: str, of: str) -> Iterator[None]:
     _take(ledger, job, params_key, f"the rollback of {of}", lambda at: ledger.append(
         key, "", "rollback_started", only_at=at, detail={"attempt": {"of": of, "process": this_process()}}),
         origin_run_id=of)  # a live resume of the run's logical run, whatever its parameters, holds it too
+    # Beats under the hold's key (a ledger object of its own: the rollback's journal writes must not
+    # silence it), so a long rollback is never judged dead from another host.
+    beat = Heartbeat(Ledger(ledger.layout, ledger.dead_after), key, "", ledger.dead_after / (2 * BEATS_BEFORE_DEAD))
+    beat.start()
     try:
         yield
     finally:
+        beat.stop()
         ledger.append(key, "", "rollback_finished")

@@ -456,7 +456,9 @@ class Ledger:
             if ev["event"] == "rollback_started" and record.rollback and record.rollback.get("finished"):
                 record.rollback = None  # a new rollback to the same point: a new journal
             apply_event(record, ev)
-        return record.rollback
+        if record.rollback is None:
+            return None
+        return {**record.rollback, "last_seen": _iso(record.last_seen)}  # heartbeats under this id, if any
 
     def run(self, run_id: str) -> RunRecord:
         """The record of one run; :class:`UnknownRunError` if the ledger has none."""

@@ -17,9 +17,8 @@ PROJECT_MARKERS = ("pyproject.toml", ".git", "conf")
 
 
 def _marks_project(folder: str) -> bool:
-    return (os.path.isfile(os.path.join(folder, "pyproject.toml"))
-            or os.path.exists(os.path.join(folder, ".git"))  # a worktree's .git is a file
-            or os.path.isdir(os.path.join(folder, "conf")))
+    # Any kind of entry: a worktree's .git is a file.
+    return any(os.path.exists(os.path.join(folder, marker)) for marker in PROJECT_MARKERS)
 
 
 def project_folder(job_file: str | None = None) -> str:

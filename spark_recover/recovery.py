@@ -22,7 +22,7 @@ from .errors import DamagedStateError, RecoveryPointError, RefusedError, Rollbac
 from .ledger import Ledger, RunRecord
 from .fingerprint import digest
 from .publication import recovery_point
-from .sinks import TableState, isolated_session, table_state
+from .sinks import TableState, commit_tag, isolated_session, table_state
 from .storage import Layout, Target, canonical
 
 __all__ = ["rollback", "create_point", "list_points", "redo"]
@@ -98,15 +98,6 @@ def _at_point(target: Target, state: TableState, point: Mapping[str, Any]) -> bo
     return state.exists and _files(target, state.uri) == _files(target, state.uri, int(point["version"]))
 
 
-def _tag(commit: Mapping[str, Any]) -> dict[str, Any]:
-    """A commit's ``userMetadata`` as we write it (JSON), or ``{}``."""
-    try:
-        meta = json.loads(commit.get("userMetadata") or "{}")
-    except ValueError:
-        return {}
-    return meta if isinstance(meta, dict) else {}
-
-
 def _restored_before_crash(target: Target, state: TableState, journal_id: str,
                            earlier: Mapping[str, Any]) -> dict[str, Any] | None:
     """The restore an earlier attempt of this rollback committed but did not journal (it crashed).
@@ -120,7 +111,7 @@ def _restored_before_crash(target: Target, state: TableState, journal_id: str,
         return {"restore_version": None, "seconds": None, "journaled_after_crash": True, "files": 0,
                 "removed_table": True}
     last = target.delta(state.uri).history(1)[0]
-    tag = _tag(last)
+    tag = commit_tag(last)
     if last.get("operation") != "RESTORE" or tag.get("rollback_of") != journal_id \
             or tag.get("attempt") != earlier.get("attempt"):
         return None
@@ -137,7 +128,7 @@ def _foreign_commits(target: Target, state: TableState, point: Mapping[str, Any]
     for commit in target.delta(state.uri).history():
         if commit["version"] <= since:
             continue
-        meta = _tag(commit)
+        meta = commit_tag(commit)
         if meta.get("run_id") in ours or meta.get("rollback_of") in ours:
             continue
         out.append(f"version {commit['version']} ({commit.get('operation')} at "
@@ -156,7 +147,12 @@ def _run_targets(ledger: Ledger, run_id: str) -> tuple[RunRecord, dict[str, Any]
                            run_id=run_id, running=live[0].run_id)
     written = {canonical(t) for r in lineage for t in r.sinks}
     point, _ = recovery_point(lineage, [], {})
-    return record, {t: s for t, s in point.items() if canonical(t) in written}, {r.run_id for r in lineage}
+    # A table the logical run created did not exist when its first run started: a file older than
+    # that is someone else's, whatever its name.
+    absent_at = min((r.started_at for r in lineage if r.started_at), default=None)
+    targets = {t: s if s.get("exists") or absent_at is None else {**s, "absent_at": absent_at.isoformat()}
+               for t, s in point.items() if canonical(t) in written}
+    return record, targets, {r.run_id for r in lineage}
 
 
 def rollback(run_id: str | None = None, *, point: str | None = None, force: bool = False,
@@ -225,7 +221,7 @@ def _roll_back(ledger: Ledger, settings: Settings, spark, say: Callable[[str], N
                     f"version {target_point['version']}: {problem} (VACUUM removed it?); nothing was changed",
                     table=table)
         if not target_point.get("exists") and state.exists and not tables[table].catalog:
-            _check_removable(tables[table])
+            _check_removable(tables[table], target_point)
 
     ledger.append(journal_id, "", "rollback_started", detail={
         "targets": targets, "force": force, "attempt": attempt, "existed": sorted(t for t in targets if states[t].exists)})
@@ -284,13 +280,21 @@ def _refuse_foreign(foreign: Mapping[str, list[str]]) -> None:
                            "Pass --force to restore anyway", tables=sorted(foreign))
 
 
-def _check_removable(target: Target) -> None:
+def _absent_at(point: Mapping[str, Any]) -> float | None:
+    """When a created table was known not to exist yet (its logical run's start), in epoch seconds."""
+    import datetime as dt
+
+    text = point.get("absent_at")
+    return dt.datetime.fromisoformat(text).timestamp() if text else None
+
+
+def _check_removable(target: Target, point: Mapping[str, Any]) -> None:
     """A table the run created is removed: only if its folder holds nothing but the table's files.
 
     The table's files are those of :mod:`spark_recover.table_files`: its log, what the log ever
-    referenced, and what its writers left uncommitted.
+    referenced, and what its writers left uncommitted since the logical run started.
     """
-    strangers = table_files.unlogged_files(target, target.location)
+    strangers = table_files.unlogged_files(target, target.location, since=_absent_at(point))
     if strangers:
         raise RefusedError(f"{target.location} holds files that are not the Delta table's",
                            f"rolling back would remove the table the run created, and its log never referenced "
@@ -350,10 +354,11 @@ def _restore(spark: Callable[[], Any], target: Target, point: Mapping[str, Any],
         if target.catalog:
             spark().sql(f"DROP TABLE IF EXISTS {target.location}")
             return {"files": 0, "removed_table": True}
-        _check_removable(target)
+        since = _absent_at(point)
+        _check_removable(target, point)
         if _version(target) != checked:
             raise _Moved()
-        return {"files": table_files.remove_table(target, target.location), "removed_table": True}
+        return {"files": table_files.remove_table(target, target.location, since=since), "removed_table": True}
     if not target.catalog:
         try:
             metrics = target.delta(target.location, version=checked).restore(

@@ -70,8 +70,9 @@ def plain_rerun_refusal(runs: Sequence[RunRecord], key: str, job_file: str | Non
     """Why a plain ``run`` of these parameters must not start, or ``None``.
 
     ``runs`` are the job's runs, oldest first. The newest non-refused run with
-    this key decides: if it failed (not recovered, not rolled back) after
-    publishing a sink, a new logical run would publish that data again.
+    this key decides: if it failed (not recovered, not rolled back) and its
+    logical run published a sink, a new logical run would publish that data
+    again.
 
     >>> plain_rerun_refusal([], "k", None) is None
     True
@@ -80,8 +81,13 @@ def plain_rerun_refusal(runs: Sequence[RunRecord], key: str, job_file: str | Non
     if not mine:
         return None
     newest = mine[-1]
-    tables = published_tables(newest)
-    if newest.status != "failed" or newest.recovered_by or not tables:
+    if newest.status != "failed" or newest.recovered_by:
+        return None
+    # What its logical run published: a resume that failed before its sinks still owes the first run's.
+    logical = newest.root_run_id or newest.run_id
+    tables = sorted({t for r in runs if (r.root_run_id or r.run_id) == logical and not r.rolled_back
+                     for t in published_tables(r)})
+    if not tables:
         return None
     target = job_file or "JOB_FILE"
     return RefusedError(

@@ -251,7 +251,7 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
                          verify=lambda rec: checkpoint.verify(rec.checkpoint, rec.version, ctx.layout),
                          session_parts=session.fingerprint_parts(spark))
         _check_publication(ctx, spark, targets, plans, lineage)
-        for warning in sinks.check_txn_retention(spark, targets, lineage, retention.RECOVERY_WINDOW_DAYS):
+        for warning in sinks.txn_retention_warnings(spark, targets, lineage, retention.RECOVERY_WINDOW_DAYS):
             ctx.say(f"warning: {warning}")
         _execute(ctx, spark, plans, pins)
         if targets:

@@ -483,13 +483,16 @@ def _effective(spark, keys: tuple[str, ...]) -> dict[str, str | None]:
 
         operation = proto.ConfigRequest.Operation(get_option=proto.ConfigRequest.GetOption(keys=list(keys)))
         return dict(spark.client.config(operation).pairs)
-    from pyspark.errors import SparkNoSuchElementException
+    try:
+        from pyspark.errors import SparkNoSuchElementException as missing
+    except ImportError:  # Spark 3.5: an unset key without a default raises a plain Py4J error
+        missing = Exception
 
     out: dict[str, str | None] = {}
     for key in keys:  # in-process calls, microseconds each
         try:
             out[key] = spark.conf.get(key)
-        except SparkNoSuchElementException:
+        except missing:
             out[key] = None
     return out
 

@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .publication import SinkTarget
 
 __all__ = ["fill_predicate", "TableState", "table_state", "physical_uri", "publish", "isolated_session",
-           "check_txn_retention"]
+           "txn_retention_warnings", "commit_tag"]
 
 _TXN_CONFS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion",
               "spark.databricks.delta.commitInfo.userMetadata")
@@ -110,20 +110,30 @@ def table_state(spark, target: Target, app: str | None = None) -> TableState:
                       txn_retention=table.metadata().configuration.get("delta.setTransactionRetentionDuration"))
 
 
+def commit_tag(commit: Mapping[str, Any]) -> dict[str, Any]:
+    """A commit's ``userMetadata`` as spark-recover writes it (a JSON object), or ``{}``.
+
+    >>> commit_tag({"userMetadata": '{"run_id": "r1"}'}), commit_tag({"userMetadata": "free text"})
+    ({'run_id': 'r1'}, {})
+    """
+    try:
+        meta = json.loads(commit.get("userMetadata") or "{}")
+    except (TypeError, ValueError):  # another writer's free text
+        return {}
+    return meta if isinstance(meta, dict) else {}
+
+
 def _first_commit(target: Target, uri: str, run_ids: Collection[str]) -> tuple[dt.datetime, str] | None:
     """The oldest commit in ``uri``'s history whose ``userMetadata`` names one of ``run_ids``: (time, run)."""
     found = None
     for commit in target.delta(uri).history():
-        try:
-            run = json.loads(commit.get("userMetadata") or "{}").get("run_id")
-        except (ValueError, AttributeError):  # another writer's free-text metadata
-            continue
+        run = commit_tag(commit).get("run_id")
         if run in run_ids:
             found = (dt.datetime.fromtimestamp(int(commit["timestamp"]) / 1000, dt.timezone.utc), run)
     return found  # history is newest first: the last match is the oldest
 
 
-def check_txn_retention(spark, targets: Sequence[SinkTarget], lineage: Sequence[RunRecord], window_days: float,
+def txn_retention_warnings(spark, targets: Sequence[SinkTarget], lineage: Sequence[RunRecord], window_days: float,
                         now: dt.datetime | None = None) -> list[str]:
     """At run start: warnings for sinks that forget transactions within ``window_days``; a replay
     whose logical run wrote a sink longer ago than that sink keeps transactions is refused (exit 3).

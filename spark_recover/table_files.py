@@ -132,25 +132,48 @@ def _companion_of(name: str) -> str | None:
     return f"{folder}/{base[1:-4]}" if folder else base[1:-4]
 
 
-def _tables(name: str, logged: set[str]) -> bool:
-    """Whether a file under the folder is the table's: its log, a file it referenced, or its writers'."""
+# Clock skew between the driver that recorded a run's start and the store that stamps a file.
+_SKEW_SECONDS = 60.0
+
+
+def _tables(name: str, mtime: float, logged: set[str], since: float | None) -> bool:
+    """Whether a file under the folder is the table's: its log, a file it referenced, or its writers'.
+
+    A writer-named file the log never referenced counts only when it is newer than ``since`` (the
+    start of the logical run that created the table); with no ``since``, never.
+    """
     if name.startswith(f"{_LOG}/"):
         return True
     owner = _companion_of(name) or name
-    return owner in logged or bool(_WRITERS.match(owner))
+    if owner in logged:
+        return True
+    return since is not None and mtime >= since - _SKEW_SECONDS and bool(_WRITERS.match(owner))
 
 
-def unlogged_files(storage: Storage, location: str, logged: set[str] | None = None) -> list[str]:
+def _file_times(storage: Storage, location: str) -> list[tuple[str, float]]:
+    """Every file under a folder with its modification time (epoch seconds), as paths relative to it."""
+    import pyarrow.fs as pafs
+
+    fs, base = storage.filesystem(location)
+    if fs.get_file_info(base).type != pafs.FileType.Directory:
+        return []
+    base = base.rstrip("/")
+    return sorted((i.path[len(base) + 1:], i.mtime.timestamp() if i.mtime else 0.0)
+                  for i in fs.get_file_info(pafs.FileSelector(base, recursive=True)) if i.type == pafs.FileType.File)
+
+
+def unlogged_files(storage: Storage, location: str, logged: set[str] | None = None, *,
+                   since: float | None = None) -> list[str]:
     """The files under a table's folder that are not the table's (neither its log, nor logged, nor its writers').
 
     >>> unlogged_files(Storage(None), "/tmp/no-such-table", set())
     []
     """
     logged = logged_files(storage, location) if logged is None else logged
-    return [f for f in storage.files(location) if not _tables(f, logged)]
+    return [f for f, mtime in _file_times(storage, location) if not _tables(f, mtime, logged, since)]
 
 
-def remove_table(storage: Storage, location: str) -> int:
+def remove_table(storage: Storage, location: str, *, since: float | None = None) -> int:
     """Delete a table's log and every file of it, then the folders left empty; return the file count.
 
     Data files go first and the log last: a crash midway leaves a log that still
@@ -162,9 +185,17 @@ def remove_table(storage: Storage, location: str) -> int:
     logged = logged_files(storage, location)
     fs, base = storage.filesystem(location)
     base = base.rstrip("/")
-    doomed = [f for f in storage.files(location) if _tables(f, logged) and not f.startswith(f"{_LOG}/")]
+    doomed = [f for f, mtime in _file_times(storage, location)
+              if _tables(f, mtime, logged, since) and not f.startswith(f"{_LOG}/")]
     for name in doomed:
         fs.delete_file(f"{base}/{name}")
+    # The log last, newest commit first and version 0 last: a crash midway leaves a readable log
+    # (checkpoints and _last_checkpoint go first, then commits from the newest down).
+    log = [f for f, _ in _file_times(storage, f"{location.rstrip('/')}/{_LOG}")]
+    checkpoints = [f for f in log if f.startswith("_") or ".checkpoint" in f]
+    commits = sorted((f for f in log if f not in checkpoints), reverse=True)
+    for name in [*checkpoints, *commits]:
+        fs.delete_file(f"{base}/{_LOG}/{name}")
     if fs.get_file_info(f"{base}/{_LOG}").type == pafs.FileType.Directory:
         fs.delete_dir(f"{base}/{_LOG}")
     folders = sorted((i.path for i in fs.get_file_info(pafs.FileSelector(base, recursive=True))

@@ -29,6 +29,9 @@ HEAD = "import re\nfrom pyspark.sql import functions as F, types as T\n"
      "def s(df):\n    return df.select(F.from_json('j', SCHEMA))\n",
      "SCHEMA = T.StructType([T.StructField('v', T.LongType())])\n"
      "def s(df):\n    return df.select(F.from_json('j', SCHEMA))\n"),
+    # a time zone constant changes results: by its key
+    ("import zoneinfo\nTZ = zoneinfo.ZoneInfo('UTC')\ndef s(df):\n    return df.where(df.x == str(TZ))\n",
+     "import zoneinfo\nTZ = zoneinfo.ZoneInfo('Europe/Paris')\ndef s(df):\n    return df.where(df.x == str(TZ))\n"),
     # a regex by pattern and flags
     ("PAT = re.compile('a+')\ndef s(df):\n    return df.where(df.x == PAT.pattern)\n",
      "PAT = re.compile('a+', re.I)\ndef s(df):\n    return df.where(df.x == PAT.pattern)\n"),
@@ -137,3 +140,11 @@ def test_a_module_imported_in_the_body_counts_its_attributes_as_loaded(tmp_path,
         assert _stage_code(source, tmp_path)["code"] != first["code"]
     finally:
         sys.modules.pop("fp_unit_body_conf", None)
+
+
+def test_a_logger_is_encoded_by_name_without_a_warning(tmp_path):
+    source = "import logging\nLOG = logging.getLogger('etl')\ndef s(df):\n    LOG.info('x')\n    return df\n"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FingerprintWarning)  # a logger in every stage must not warn on every run
+        parts = _stage_code(source, tmp_path)
+    assert not parts.get("unencoded")

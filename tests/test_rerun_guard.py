@@ -82,3 +82,58 @@ def test_two_resumes_of_one_logical_run_share_its_lease(tmp_path):
     other = lease.claim(ledger, "j", "k9", "unrelated", {"params_key": "k9", "process": this_process()})
     other.check()  # another logical run with other parameters: no conflict
     assert sorted(r.run_id for r in ledger.runs()) == ["first", "resume-a", "unrelated"]
+
+
+def test_a_failed_resume_still_owes_its_logical_runs_sinks():
+    """A resume that failed before its sinks: a plain rerun must still see what the first run published."""
+    from spark_recover.ledger import RunRecord
+    from spark_recover.rerun import plain_rerun_refusal
+
+    first = RunRecord("A", "j", params_key="k", finished=True, final_status="failed", root_run_id="A",
+                      sinks={"/w/t": {"status": "written"}})
+    resume = RunRecord("B", "j", params_key="k", origin_run_id="A", finished=True, final_status="failed",
+                       root_run_id="A")
+    refusal = plain_rerun_refusal([first, resume], "k", "/jobs/j.py")
+    assert refusal is not None and refusal.fields["tables"] == ["/w/t"] and refusal.exit_code == 3
+    assert "spark-recover redo B" in str(refusal)
+    assert plain_rerun_refusal([resume], "k", None) is None  # nothing published in its logical run
+
+
+HOLD = """
+import sys, time
+from spark_recover import lease
+from spark_recover.ledger import Ledger
+from spark_recover.storage import Layout
+with lease.hold(Ledger(Layout.at(sys.argv[1])), "j", "k1", "first"):
+    print("held", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_rollback_hold_refuses_a_resume_with_other_overrides(tmp_path):
+    """A rollback of a run holds its logical run: a resume of it with other -p overrides waits."""
+    root = str(tmp_path / "root")
+    ledger = Ledger(Layout.at(root))
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lease.claim(ledger, "j", "k1", "first", {"params_key": "k1", "process": {**this_process(),
+                                                                             "pid": int(gone.stdout)}})
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, root], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RefusedError, match="a rollback of run first holds the lease"):
+            lease.claim(ledger, "j", "k2", "resume", {"params_key": "k2", "origin_run_id": "first",
+                                                      "process": this_process()})
+    finally:
+        holder.kill()
+        holder.wait()
+    assert [r.run_id for r in ledger.runs()] == ["first"]
+
+
+def test_a_hold_seen_from_another_host_lives_while_it_beats():
+    import datetime as dt
+
+    now = dt.datetime(2026, 11, 29, 12, 0, tzinfo=dt.timezone.utc)
+    journal = {"finished": False, "started_at": "2026-11-29T11:50:00Z", "last_seen": "2026-11-29T11:59:50Z",
+               "attempt": {"process": {"host": "elsewhere", "pid": 1}}}
+    assert lease.hold_is_live(journal, 60.0, now=now)  # a 10-minute rollback, beating
+    assert not lease.hold_is_live({**journal, "last_seen": "2026-11-29T11:55:00Z"}, 60.0, now=now)

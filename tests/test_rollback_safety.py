@@ -178,6 +178,10 @@ def test_a_created_tables_files_are_what_its_log_ever_referenced(tmp_path):
     from spark_recover import table_files
     from spark_recover.storage import Storage
 
+    import os
+    import time
+
+    since = time.time()  # the logical run that created the table started now
     table = tmp_path / "parent" / "t"
     for mode in ("append", "append", "overwrite"):
         deltalake.write_deltalake(str(table), pa.table({"k": ["a", "b"], "v": [1, 2]}), mode=mode,
@@ -189,10 +193,15 @@ def test_a_created_tables_files_are_what_its_log_ever_referenced(tmp_path):
     debris = table / "k=a" / "part-00009-0c1e2d3f-0000-4000-8000-000000000000-c000.snappy.parquet"
     debris.write_bytes(b"an uncommitted task file")
     (table / "_SUCCESS").write_text("")
-    assert table_files.unlogged_files(store, str(table)) == ["_SUCCESS"]
+    assert table_files.unlogged_files(store, str(table), since=since) == ["_SUCCESS"]
     (table / "_SUCCESS").unlink()
+    # A writer-named file older than the logical run is someone else's (a dataset Spark wrote before).
+    assert table_files.unlogged_files(store, str(table)) == ["k=a/" + debris.name]  # no start known: never ours
+    os.utime(debris, (since - 3600, since - 3600))
+    assert table_files.unlogged_files(store, str(table), since=since) == ["k=a/" + debris.name]
+    os.utime(debris, (since, since))
     (tmp_path / "parent" / "keep.txt").write_text("x")
-    assert table_files.remove_table(store, str(table)) == 7
+    assert table_files.remove_table(store, str(table), since=since) == 7
     assert sorted(p.name for p in (tmp_path / "parent").iterdir()) == ["keep.txt"]
 
 
