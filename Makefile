@@ -38,7 +38,8 @@ test-cluster: $(STAMP)
 # clients: the Connect tests, and the sink, recovery, replay and retention tests again, through Connect.
 test-connect: $(STAMP)
 	$(BIN)/python -m pytest --connect -m "not soak and not cluster" -p no:cacheprovider \
-	  tests/test_connect.py tests/test_sinks.py tests/test_recovery.py tests/test_replay.py tests/test_retention.py
+	  tests/test_connect.py tests/test_sinks.py tests/test_recovery.py tests/test_replay.py tests/test_retention.py \
+	  tests/test_session_settings.py
 
 # Benchmarks side by side (bench/results/latest.json and latest.md); BENCH=--large for bigger sizes.
 bench: $(STAMP)
