@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from .errors import RefusedError
 from .ledger import LeaseConflict, Ledger, RunRecord, process_alive, this_process
+from .storage import require_conditional_put
 
 __all__ = ["Claim", "claim", "holder_error", "hold", "hold_key", "hold_is_live"]
 
@@ -144,8 +145,10 @@ def _take(ledger: Ledger, job: str, params_key: str, who: str, commit: Callable[
 
     Free: no live run of the key or of the logical run ``origin_run_id`` belongs to, and no live
     hold of the key; ``who`` is not a run id the ledger knows. Returns the competing runs then,
-    that version, and the logical run.
+    that version, and the logical run. The lease is only as exclusive as the ledger's commits: a
+    root on a store without conditional puts is refused first (:func:`require_conditional_put`).
     """
+    require_conditional_put(ledger.layout)
     for _ in range(_ATTEMPTS):
         version = ledger.version()
         known = ledger.runs(version=version) if version >= 0 else []
