@@ -32,7 +32,7 @@ soak: $(STAMP)
 # A standalone master and two workers plus an S3 server (moto) on localhost: the demo job through
 # spark-submit with root, sources and sinks on S3 (clean, executor killed, driver killed + resume, rollback).
 test-cluster: $(STAMP)
-	$(BIN)/python -m pytest -m cluster -s -p no:cacheprovider tests/test_cluster.py
+	$(BIN)/python -m pytest -m cluster -s -p no:cacheprovider tests/test_cluster.py tests/test_s3_commits.py
 
 # One Spark Connect server with Delta for the session; the tests' session and the job processes are its
 # clients: the Connect tests, and the sink, recovery, replay and retention tests again, through Connect.

@@ -24,22 +24,42 @@ version with no live run and no live hold of the key, and a run's
 when the rollback ends, however it ends; a holder that died expires like a
 dead run (its process is gone, or, on another host, ``dead_after_seconds``
 after it started). A process's own hold does not block it (redo).
+
+A sink table on S3 is leased too, unless Delta-Spark is given a multi-driver
+log store for it: Delta-Spark's default S3 log store is safe for one driver
+only, so two runs with different parameters (a per-day backfill) writing one
+table could lose a commit. :func:`take_table` commits the run's
+``sink_planned`` event as the very next commit after a version at which no
+other live run has planned a write of the table without finishing it
+(``sink_written`` or ``sink_failed`` releases it; a dead writer's expires), and
+waits, bounded, while one has.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from .errors import RefusedError
 from .ledger import Heartbeat, LeaseConflict, Ledger, RunRecord, process_alive, this_process
 from .liveness import BEATS_BEFORE_DEAD
+from .storage import canonical, is_s3, require_conditional_put
 
-__all__ = ["Claim", "claim", "holder_error", "hold", "hold_key", "hold_is_live"]
+__all__ = ["Claim", "claim", "holder_error", "hold", "hold_key", "hold_is_live", "LOG_STORE_KEYS",
+           "needs_table_lease", "table_writer", "take_table", "TABLE_WAIT_SECONDS"]
 
 _ATTEMPTS = 200
+# The Delta-Spark settings that choose a log store (per scheme, and the older one for all schemes).
+LOG_STORE_KEYS = ("spark.delta.logStore.s3a.impl", "spark.delta.logStore.s3.impl",
+                  "spark.delta.logStore.s3n.impl", "spark.delta.logStore.class")
+# Log stores that make concurrent commits from several drivers safe: no table lease needed.
+_MULTI_DRIVER_LOG_STORES = frozenset({"io.delta.storage.S3DynamoDBLogStore"})
+TABLE_WAIT_SECONDS = 1800.0  # how long a sink write waits for another run's write of the same table
+_TABLE_POLL_SECONDS = 1.0
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -154,10 +174,12 @@ def _take(ledger: Ledger, job: str, params_key: str, who: str, commit: Callable[
 
     Free: no live run of the key or of the logical run ``origin_run_id`` belongs to, and no live
     hold of the key; ``who`` is not a run id the ledger knows. Returns the competing runs then,
-    that version, and the logical run.
+    that version, and the logical run. The lease is only as exclusive as the ledger's commits: a
+    root on a store without conditional puts is refused first (:func:`require_conditional_put`).
     """
-    for _ in range(_ATTEMPTS):
-        version = ledger.version()
+    require_conditional_put(ledger.layout)
+
+    def free(version: int) -> tuple[list[RunRecord], str | None]:
         known = ledger.runs(version=version) if version >= 0 else []
         if any(r.run_id == who for r in known):
             raise RefusedError(f"run id {who} is already in the ledger",
@@ -173,13 +195,99 @@ def _take(ledger: Ledger, job: str, params_key: str, who: str, commit: Callable[
         held = _live_hold(ledger, job, {params_key} | {r.params_key for r in runs})  # the logical run's keys too
         if held:
             raise _hold_error(job, held)
+        return runs, logical
+
+    (runs, logical), version = _commit_when_free(ledger, who, free, commit)
+    return runs, version, logical
+
+
+def _commit_when_free(ledger: Ledger, who: str, free: Callable[[int], _T],
+                      commit: Callable[[int], Any]) -> tuple[_T, int]:
+    """Make ``commit(version)`` the very next commit after a ``version`` that ``free(version)`` accepts.
+
+    ``free`` raises when the lease is taken at that version; what it returns is
+    returned with the version. Commit order decides, never a clock.
+    """
+    for _ in range(_ATTEMPTS):
+        version = ledger.version()
+        found = free(version)
         try:
             commit(version)
         except LeaseConflict:
             continue  # someone committed first (maybe a rival): read again
-        return runs, version, logical
+        return found, version
     raise RefusedError("could not take the lease", f"the ledger at {ledger.uri} kept changing during "
                        f"{_ATTEMPTS} attempts to commit the lease of {who}", run_id=who)
+
+
+def needs_table_lease(location: str, confs: Mapping[str, str | None]) -> bool:
+    """Whether Delta-Spark writers of the table at ``location`` must take its lease.
+
+    ``confs`` holds the session's :data:`LOG_STORE_KEYS`. Local, HDFS, ABFS and
+    GCS tables commit by atomic rename or conditional create: no lease.
+
+    >>> needs_table_lease("s3a://bucket/daily", {})
+    True
+    >>> needs_table_lease("s3a://bucket/daily",
+    ...                   {"spark.delta.logStore.s3a.impl": "io.delta.storage.S3DynamoDBLogStore"})
+    False
+    >>> needs_table_lease("/warehouse/daily", {}), needs_table_lease("abfss://c@acct.dfs.core.windows.net/d", {})
+    (False, False)
+    """
+    if not is_s3(location):
+        return False
+    scheme = location.split(":", 1)[0].lower()
+    store = confs.get(f"spark.delta.logStore.{scheme}.impl") or confs.get("spark.delta.logStore.class")
+    return store not in _MULTI_DRIVER_LOG_STORES
+
+
+def table_writer(runs: Iterable[RunRecord], table: str, run_id: str) -> RunRecord | None:
+    """The live run other than ``run_id`` that planned a write of ``table`` and has not finished it."""
+    key = canonical(table)
+    return next((r for r in runs if r.run_id != run_id and r.status == "running" and any(
+        canonical(t) == key and s.get("status") == "planned" for t, s in r.sinks.items())), None)
+
+
+class _TableBusy(Exception):
+    def __init__(self, holder: RunRecord) -> None:
+        super().__init__(holder.run_id)
+        self.holder = holder
+
+
+def take_table(ledger: Ledger, run_id: str, table: str, commit: Callable[[int], Any], *,
+               wait_seconds: float = TABLE_WAIT_SECONDS, on_wait: Callable[[str], None] | None = None) -> None:
+    """Take the lease of sink ``table`` by ``commit(version)`` (the run's ``sink_planned``), waiting if held.
+
+    Refused (:class:`RefusedError`, exit 3) when another live run still writes
+    the table after ``wait_seconds``; ``on_wait`` is told once per holder.
+
+    >>> take_table(ledger, run_id, "s3a://bucket/daily", lambda at: ledger.append(..., only_at=at))   # doctest: +SKIP
+    """
+    def free(version: int) -> None:
+        holder = table_writer(ledger.runs(version=version), table, run_id)
+        if holder is not None:
+            raise _TableBusy(holder)
+
+    deadline, told = time.monotonic() + wait_seconds, None
+    while True:
+        try:
+            _commit_when_free(ledger, run_id, free, commit)
+            return
+        except _TableBusy as busy:
+            holder = busy.holder
+        where = f"pid {holder.process.get('pid')} on {holder.process.get('host')}"
+        if time.monotonic() >= deadline:
+            raise RefusedError(
+                f"sink table {table} is still being written by run {holder.run_id} of job {holder.job!r}",
+                f"one writer of an S3 table at a time (Delta-Spark's S3 log store is safe for one driver only); "
+                f"waited {wait_seconds:.0f} s for run {holder.run_id} ({where}, last seen {holder.last_seen}). "
+                "Resume this run once it has finished, or configure a multi-driver log store "
+                "(spark.delta.logStore.s3a.impl=io.delta.storage.S3DynamoDBLogStore)",
+                table=table, holder=holder.run_id, run_id=run_id)
+        if on_wait is not None and told != holder.run_id:
+            on_wait(f"  sink {table}: waiting for run {holder.run_id} ({where}), which is writing it")
+            told = holder.run_id
+        time.sleep(_TABLE_POLL_SECONDS)
 
 
 @contextlib.contextmanager

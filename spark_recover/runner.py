@@ -413,7 +413,11 @@ def _execute(ctx: RunContext, spark, plans: list[StagePlan], pins: Mapping[str, 
 
 
 def _publish(ctx: RunContext, spark, targets: list[SinkTarget], lineage: list[RunRecord]) -> None:
-    """Write every sink at most once per logical run, after its recovery point is in the ledger."""
+    """Write every sink at most once per logical run, after its recovery point is in the ledger.
+
+    A sink on S3 is written under its table lease (:func:`lease.take_table`): its ``sink_planned``
+    takes it, its ``sink_written`` or ``sink_failed`` releases it.
+    """
     ctx.claim.check()  # a run that lost its lease writes no sink
     states = {st.table: {**sinks.table_state(spark, st.target).to_json(), "catalog": st.target.catalog}
               for st in targets}
@@ -422,6 +426,7 @@ def _publish(ctx: RunContext, spark, targets: list[SinkTarget], lineage: list[Ru
     prior_of = publication.priors(lineage)
     first_key = lineage[0].params_key if lineage else ctx.params_key
     runs = ctx.ledger.runs(ctx.job.name)
+    log_stores = {key: spark.conf.get(key, None) for key in lease.LOG_STORE_KEYS}  # S3 tables: lease or not
     for st in targets:
         data = ctx.record.stages[st.sink.stage]
         prior = prior_of.get(canonical(st.table))
@@ -431,10 +436,14 @@ def _publish(ctx: RunContext, spark, targets: list[SinkTarget], lineage: list[Ru
         decision = publication.decide(st.table, identity, prior, app, committed,
                                       publication.taken_versions(runs, app))
         ctx.claim.check()
-        ctx.log("sink_planned", stage=st.sink.stage, detail={
-            "table": st.table, "mode": st.sink.mode, "txn_app_id": decision.app,
-            "txn_version": decision.txn_version, "repeats": decision.repeats, "predicate": st.predicate,
-            "checkpoint": data.checkpoint, "checkpoint_version": data.version})
+        planned = {"table": st.table, "mode": st.sink.mode, "txn_app_id": decision.app,
+                   "txn_version": decision.txn_version, "repeats": decision.repeats, "predicate": st.predicate,
+                   "checkpoint": data.checkpoint, "checkpoint_version": data.version}
+        if not st.target.catalog and lease.needs_table_lease(st.table, log_stores):
+            lease.take_table(ctx.ledger, ctx.run_id, st.table, lambda at: ctx.log(
+                "sink_planned", stage=st.sink.stage, only_at=at, detail=planned), on_wait=ctx.say)
+        else:
+            ctx.log("sink_planned", stage=st.sink.stage, detail=planned)
         failpoints.hit(st.sink.stage, "sink_before")
         t0 = time.monotonic()
         try:

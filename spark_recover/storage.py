@@ -11,14 +11,20 @@ always the root's storage options: every JVM-free access goes through a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import threading
 import urllib.parse
+import uuid
 from dataclasses import dataclass
 from typing import Mapping
 
+from .errors import UsageError
+
 __all__ = ["Layout", "Target", "Storage", "spark_uri", "native_uri", "canonical", "is_local", "is_s3", "anchored",
-           "filesystem", "open_delta", "read_delta", "delete_tree", "hadoop_confs", "with_s3_defaults"]
+           "filesystem", "open_delta", "read_delta", "delete_tree", "hadoop_confs", "with_s3_defaults",
+           "require_conditional_put"]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
 # Hadoop scheme -> the scheme delta-rs / pyarrow use for the same store.
@@ -308,6 +314,12 @@ class Layout(Storage):
         return self._join("ledger", "events")
 
     @property
+    def probe_marker(self) -> str:
+        """The object whose presence says this root's store honours conditional puts (see
+        :func:`require_conditional_put`)."""
+        return self._join("probes", "conditional-put-verified")
+
+    @property
     def checkpoints(self) -> str:
         """The folder of every checkpoint table: ``<checkpoints>/<job>/<params key>/<run id>/<stage>``."""
         return self._join("checkpoints")
@@ -349,3 +361,83 @@ class Target(Storage):
     def ident(self) -> str:
         """How Spark SQL names it."""
         return self.location if self.catalog else f"delta.`{spark_uri(self.location)}`"
+
+
+_PROBE_WRITERS = 4  # writers racing to create one commit file, per round
+_PROBE_ROUNDS = 5  # rounds until one race reached the store (a loser's create refused by the store itself)
+_verified_roots: set[str] = set()  # in this process: one marker read per root, not one per lease
+
+
+def require_conditional_put(layout: "Layout") -> None:
+    """Refuse (:class:`UsageError`, exit 2) an S3 root whose store lets two writers create one commit file.
+
+    Delta commits on S3 (the ledger's, and so the lease's) are safe only if the
+    store honours conditional puts (``If-None-Match: *``). The probe asks the
+    store itself, through delta-rs (the client that commits the ledger): a few
+    writers race to create one scratch table, each a single put-if-absent of
+    its first commit file; exactly one may win. A round whose losers all saw
+    the winner's file before putting proves nothing and is run again. The
+    verdict is kept in the root (:attr:`Layout.probe_marker`), so the probe
+    runs once per root; a refusal is not kept, so a root whose store was fixed
+    is probed again. Other stores commit by atomic rename or conditional create
+    and need no probe.
+    """
+    if not is_s3(layout.root) or layout.root in _verified_roots:
+        return
+    fs, marker = layout.filesystem(layout.probe_marker)
+    import pyarrow.fs as pafs
+
+    if fs.get_file_info(marker).type != pafs.FileType.NotFound:
+        _verified_roots.add(layout.root)
+        return
+    for _ in range(_PROBE_ROUNDS):
+        scratch = f"{layout.root}/probes/conditional-put-{uuid.uuid4().hex}"
+        try:
+            winners, refused_by_store = _race_to_create(native_uri(scratch), layout.storage_options)
+        finally:
+            with contextlib.suppress(OSError):  # nothing to delete when no writer got as far as creating
+                layout.delete_tree(scratch)
+        if winners > 1:
+            opts = {k.lower(): v for k, v in (layout.storage_options or {}).items()}
+            store = opts.get("aws_endpoint_url") or opts.get("aws_endpoint") or "AWS S3"
+            raise UsageError(
+                f"the store of root {layout.root} ({store}) does not honour conditional writes",
+                f"expected S3 conditional puts (If-None-Match: *): of {_PROBE_WRITERS} writers creating one "
+                f"commit file, exactly one may succeed; found {winners} succeeded. On such a store concurrent "
+                "commits to the ledger and to sink tables overwrite each other silently. Use a store that "
+                "honours If-None-Match (AWS S3, recent MinIO, moto >= 5.0.15), or a delta-rs locking "
+                "provider (AWS_S3_LOCKING_PROVIDER=dynamodb) in the root's storage options",
+                root=layout.root, store=store, winners=winners)
+        if refused_by_store:
+            with fs.open_output_stream(marker) as out:
+                out.write(b'{"conditional_put": true}\n')
+            _verified_roots.add(layout.root)
+            return
+    # No round raced at the store (each loser saw the winner first): nothing disproved, nothing kept.
+
+
+def _race_to_create(uri: str, storage_options: Mapping[str, str] | None) -> tuple[int, bool]:
+    """Race :data:`_PROBE_WRITERS` creates of one table; return (winners, whether the store refused a put)."""
+    import deltalake
+    import pyarrow as pa
+
+    start, outcomes = threading.Barrier(_PROBE_WRITERS), []
+    props = deltalake.CommitProperties(max_commit_retries=0)  # a refused put must not retry as version 1
+
+    def create() -> None:
+        start.wait()
+        try:
+            deltalake.DeltaTable.create(uri, pa.schema([("probe", pa.int64())]), mode="error",
+                                        storage_options=dict(storage_options or {}) or None, commit_properties=props)
+            outcomes.append("created")
+        except deltalake.exceptions.CommitFailedError:
+            outcomes.append("refused")  # its put-if-absent of the commit file was refused by the store
+        except Exception:
+            outcomes.append("saw")  # it saw the winner's table before putting (or failed otherwise)
+
+    writers = [threading.Thread(target=create, name="conditional-put-probe") for _ in range(_PROBE_WRITERS)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    return outcomes.count("created"), "refused" in outcomes
