@@ -81,7 +81,7 @@ EDITS = [
      "code changed"),
 ]
 
-# A process that plans a resume of a run, as `run --resume` would, without a JVM.
+# A process that plans a resume of a run, as `run --resume` would, without a JVM (in the run's session).
 PLAN = """
 import json, sys
 from spark_recover.job import load_job
@@ -90,7 +90,10 @@ from spark_recover.plan import plan_run
 from spark_recover.storage import Layout
 job = load_job(sys.argv[1])
 origin = Ledger(Layout.at(sys.argv[2])).run(sys.argv[3])
-print(json.dumps({p.name: "reused" if p.reuse else p.reason for p in plan_run(job, origin.params, {}, origin=origin)}))
+recorded = next(iter(origin.stages.values())).parts  # the session the run had (no JVM here to ask)
+session = {k: recorded[k] for k in ("session", "engine") if k in recorded}
+plans = plan_run(job, origin.params, {}, origin=origin, session_parts=session)
+print(json.dumps({p.name: "reused" if p.reuse else p.reason for p in plans}))
 """
 
 
