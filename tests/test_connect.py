@@ -145,3 +145,20 @@ def test_rollback_interrupts_the_killed_clients_sink_write(spark, tmp_path):
     _no_late_commit(table, version)
     assert_same_rows(spark, spark.read.format("delta").load(str(table)), before)
     assert runs_of(root)[-1].status == "rolled_back"
+
+
+def test_resume_takes_over_after_interrupting_the_killed_clients_sink_write(spark, tmp_path):
+    """`run --resume` from a new client over a client killed mid sink write: it interrupts the dead run's
+    write first and says so; the sink then holds its rows once, and nothing lands afterwards."""
+    import deltalake
+
+    table, root, params, dead, before = _killed_mid_sink_write(spark, tmp_path)
+    resumed = run_cli(*run_args(SLOW_SINK_JOB, root, params, ["--resume"]), env=NO_JAVA)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"interrupted 1 operation of dead run {dead.run_id} on the Spark Connect server" in resumed.stdout
+    run = runs_of(root)[-1]
+    assert run.origin_run_id == dead.run_id and run.status == "succeeded"
+    [sink] = run.sinks.values()
+    assert sink["skipped_duplicate"] is False  # the dead write never committed: the resume published
+    _no_late_commit(table, deltalake.DeltaTable(str(table)).version())
+    assert_same_rows(spark, spark.read.format("delta").load(str(table)), before + [(n,) for n in range(1000)])

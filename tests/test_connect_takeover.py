@@ -1,0 +1,34 @@
+"""Which dead Spark Connect runs a run taking the lease stops first (pure, no JVM)."""
+
+from __future__ import annotations
+
+from spark_recover.ledger import RunRecord
+from spark_recover.runner import dead_connect_runs
+from spark_recover.session import dead_operations_text
+
+CONNECT = {"server": "127.0.0.1:15002", "session_id": "s", "user_id": None, "tag": "spark-recover-run-x"}
+
+
+def _run(run_id: str, key: str = "k", connect=CONNECT, finished: bool = False) -> RunRecord:
+    return RunRecord(run_id, "j", params_key=key, connect=connect, finished=finished)
+
+
+def test_the_last_holder_and_the_replayed_run_if_they_died_over_connect():
+    older, other_key, last = _run("older"), _run("other", key="k2"), _run("last")
+    assert [r.run_id for r in dead_connect_runs([older, other_key, last], "new", "k", None)] == ["last"]
+    assert [r.run_id for r in dead_connect_runs([older, last], "new", "k", older)] == ["last", "older"]
+    assert dead_connect_runs([older, last], "new", "k", last) == [last]  # once
+
+
+def test_finished_local_and_own_runs_are_left_alone():
+    assert dead_connect_runs([_run("done", finished=True)], "new", "k", None) == []
+    assert dead_connect_runs([_run("local", connect=None)], "new", "k", None) == []
+    assert dead_connect_runs([_run("new")], "new", "k", None) == []
+
+
+def test_what_it_says():
+    assert dead_operations_text("r1", {"operations": ["op"], "seconds": 0.24, "unreachable": None}) == \
+        "interrupted 1 operation of dead run r1 on the Spark Connect server and waited 0.2s for it to end"
+    assert "no operation of it was still running" in \
+        dead_operations_text("r1", {"operations": [], "seconds": 0.1, "unreachable": None})
+    assert "cannot be reached (down)" in dead_operations_text("r1", {"operations": [], "seconds": 0, "unreachable": "down"})
