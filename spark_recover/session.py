@@ -526,8 +526,9 @@ def stop_dead_operations(identity: Mapping[str, Any], *, spark=None,
         try:
             operations = client.interrupt_tag(identity["tag"]) or []
         except Exception as exc:  # the server is gone, and its operations with it
-            return {"operations": [], "seconds": round(time.monotonic() - started, 3),
-                    "unreachable": str(exc).splitlines()[0][:300]}
+            found = re.search(r'details = "([^"]*)"', str(exc))  # pyspark wraps gRPC's error in its text
+            reason = found.group(1) if found else str(exc).splitlines()[0]
+            return {"operations": [], "seconds": round(time.monotonic() - started, 3), "unreachable": reason[:300]}
         for operation in operations:
             request = proto.ReattachExecuteRequest(session_id=identity["session_id"], operation_id=operation,
                                                    client_type="spark-recover")
@@ -553,8 +554,8 @@ def stop_dead_operations(identity: Mapping[str, Any], *, spark=None,
 def dead_operations_text(run_id: str, outcome: Mapping[str, Any]) -> str:
     """What a takeover or rollback says it did about a dead Connect run's operations."""
     if outcome["unreachable"]:
-        return (f"dead run {run_id}: its Spark Connect server cannot be reached ({outcome['unreachable']}); "
-                "no operation of it can still be running there")
+        return (f"warning: dead run {run_id}: its Spark Connect server cannot be reached ({outcome['unreachable']}); "
+                "an operation of it still running there could commit later")
     n = len(outcome["operations"])
     if not n:
         return f"dead run {run_id}: no operation of it was still running on the Spark Connect server"

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from spark_recover.ledger import RunRecord
 from spark_recover.runner import dead_connect_runs
-from spark_recover.session import dead_operations_text
+from spark_recover.session import dead_operations_text, stop_dead_operations
+from spark_recover.testing import free_port
 
 CONNECT = {"server": "127.0.0.1:15002", "session_id": "s", "user_id": None, "tag": "spark-recover-run-x"}
 
@@ -31,4 +32,11 @@ def test_what_it_says():
         "interrupted 1 operation of dead run r1 on the Spark Connect server and waited 0.2s for it to end"
     assert "no operation of it was still running" in \
         dead_operations_text("r1", {"operations": [], "seconds": 0.1, "unreachable": None})
-    assert "cannot be reached (down)" in dead_operations_text("r1", {"operations": [], "seconds": 0, "unreachable": "down"})
+
+
+def test_a_server_that_cannot_be_reached_is_said_so_at_once():
+    """A real gRPC client against a closed port: no retries for minutes, the reason in a warning."""
+    outcome = stop_dead_operations({**CONNECT, "server": f"127.0.0.1:{free_port()}",
+                                    "session_id": "3d78969b-1892-44b4-bb5f-7b30defb3e0a"})
+    assert outcome["operations"] == [] and "Connection refused" in outcome["unreachable"]
+    assert dead_operations_text("r1", outcome).startswith("warning: dead run r1: its Spark Connect server cannot")
