@@ -160,13 +160,13 @@ def _run_targets(ledger: Ledger, run_id: str) -> tuple[RunRecord, dict[str, Any]
     return record, {t: s for t, s in point.items() if canonical(t) in written}, {r.run_id for r in lineage}
 
 
-def _stop_dead_operations(ledger: Ledger, record: RunRecord, spark,
+def _stop_dead_operations(ledger: Ledger, record: RunRecord, spark, settings: Settings,
                           say: Callable[[str], None]) -> dict[str, Any]:
     """Stop what dead Connect runs of the logical run still run on their server, before anything is
     checked or restored: a write the server finished after the restore would put the table off its point."""
     stopped = {}
     for dead in (r for r in ledger.lineage(record) if r.connect and r.died):
-        stopped[dead.run_id] = stop_dead_operations(dead.connect, spark=spark)
+        stopped[dead.run_id] = stop_dead_operations(dead.connect, spark=spark, remote=settings.remote)
         say(dead_operations_text(dead.run_id, stopped[dead.run_id]))
     return stopped
 
@@ -215,7 +215,7 @@ def _roll_back(ledger: Ledger, settings: Settings, spark, say: Callable[[str], N
             say(f"run {run_id} is already rolled back: nothing to do")
             return {**(record.rollback or {}), "noop": True, "undone_by": record.undone_by}
         journal_id, journal = run_id, record.rollback
-        stopped = _stop_dead_operations(ledger, record, spark, say)
+        stopped = _stop_dead_operations(ledger, record, spark, settings, say)
     # An unfinished journal: an earlier attempt crashed. What it restored stays
     # restored, and it is finished as it was started (same attempt tag, same --force).
     earlier = journal if journal and not journal.get("finished") else None

@@ -305,7 +305,7 @@ def dead_connect_runs(runs: list[RunRecord], run_id: str, params_key: str,
 def _stop_dead_operations(ctx: RunContext, spark, origin: RunRecord | None) -> None:
     """A Connect server keeps a killed client's operations running: stop them before this run writes."""
     for dead in dead_connect_runs(ctx.ledger.runs(ctx.job.name), ctx.run_id, ctx.params_key, origin):
-        outcome = session.stop_dead_operations(dead.connect, spark=spark)
+        outcome = session.stop_dead_operations(dead.connect, spark=spark, remote=ctx.settings.remote)
         ctx.log("dead_operations_stopped", detail={"run_id": dead.run_id, **outcome})
         ctx.say(session.dead_operations_text(dead.run_id, outcome))
 

@@ -485,14 +485,14 @@ def untag_operations(spark, identity: Mapping[str, Any] | None) -> None:
         spark.removeTag(identity["tag"])
 
 
-def _attach_url(identity: Mapping[str, Any], spark=None) -> str:
+def _attach_url(identity: Mapping[str, Any], spark=None, remote: str | None = None) -> str:
     """A connection string to the dead run's server session; the channel settings (TLS, token) of the
-    current Connect session or ``$SPARK_REMOTE`` when they lead to the same server."""
+    current Connect session or of ``remote`` (``--remote``, ``$SPARK_REMOTE``) when they lead to the same server."""
     from pyspark.sql.connect.client import DefaultChannelBuilder
 
     builder = spark.client._builder if spark is not None and is_connect(spark) else None
-    if builder is None and os.environ.get("SPARK_REMOTE"):
-        builder = DefaultChannelBuilder(os.environ["SPARK_REMOTE"])
+    if builder is None and remote:
+        builder = DefaultChannelBuilder(remote)
     same = builder is not None and builder.endpoint == identity["server"]
     params = {k: v for k, v in (builder._params.items() if same else ())
               if k not in (DefaultChannelBuilder.PARAM_SESSION_ID, DefaultChannelBuilder.PARAM_USER_ID)}
@@ -502,7 +502,7 @@ def _attach_url(identity: Mapping[str, Any], spark=None) -> str:
     return f"sc://{identity['server']}/;" + ";".join(f"{k}={v}" for k, v in params.items())
 
 
-def stop_dead_operations(identity: Mapping[str, Any], *, spark=None,
+def stop_dead_operations(identity: Mapping[str, Any], *, spark=None, remote: str | None = None,
                          wait_seconds: float = DEAD_OPERATIONS_WAIT_SECONDS) -> dict[str, Any]:
     """Interrupt a dead client's tagged operations on its Connect server and wait until each has ended.
 
@@ -511,8 +511,8 @@ def stop_dead_operations(identity: Mapping[str, Any], *, spark=None,
     its response stream to its end: the stream ends (canceled, or not found)
     only once the server's execution thread is done, so nothing it would commit
     can land afterwards. Returns ``operations`` (ids interrupted), ``seconds``
-    waited and ``unreachable`` (the server's error, when it cannot be reached:
-    its operations ended with it). An operation still running after
+    waited and ``unreachable`` (why the server cannot be reached from here:
+    nothing could be stopped). An operation still running after
     ``wait_seconds`` is refused (exit 3): continuing could let it commit later.
     """
     import grpc
@@ -520,12 +520,12 @@ def stop_dead_operations(identity: Mapping[str, Any], *, spark=None,
     from pyspark.sql.connect.client import SparkConnectClient
 
     started = time.monotonic()
-    client = SparkConnectClient(connection=_attach_url(identity, spark), use_reattachable_execute=False)
+    client = SparkConnectClient(connection=_attach_url(identity, spark, remote), use_reattachable_execute=False)
     client.set_retry_policies([])  # a server that is gone: say so now rather than retry for minutes
     try:
         try:
             operations = client.interrupt_tag(identity["tag"]) or []
-        except Exception as exc:  # the server is gone, and its operations with it
+        except Exception as exc:  # gone (its operations with it) or out of reach: the caller warns
             found = re.search(r'details = "([^"]*)"', str(exc))  # pyspark wraps gRPC's error in its text
             reason = found.group(1) if found else str(exc).splitlines()[0]
             return {"operations": [], "seconds": round(time.monotonic() - started, 3), "unreachable": reason[:300]}
@@ -541,7 +541,7 @@ def stop_dead_operations(identity: Mapping[str, Any], *, spark=None,
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise RefusedError(
-                        f"operation {operation} of dead run {identity['tag']} is still running on the "
+                        f"operation {operation} (tag {identity['tag']}) of a dead run is still running on the "
                         f"Spark Connect server at {identity['server']}",
                         f"expected it to end within {wait_seconds:.0f}s of its interrupt; it could still commit. "
                         "Retry once it has ended", operation=operation) from exc

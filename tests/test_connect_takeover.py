@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from spark_recover.ledger import RunRecord
 from spark_recover.runner import dead_connect_runs
-from spark_recover.session import dead_operations_text, stop_dead_operations
+from spark_recover.session import _attach_url, dead_operations_text, stop_dead_operations
 from spark_recover.testing import free_port
 
 CONNECT = {"server": "127.0.0.1:15002", "session_id": "s", "user_id": None, "tag": "spark-recover-run-x"}
@@ -40,3 +40,10 @@ def test_a_server_that_cannot_be_reached_is_said_so_at_once():
                                     "session_id": "3d78969b-1892-44b4-bb5f-7b30defb3e0a"})
     assert outcome["operations"] == [] and "Connection refused" in outcome["unreachable"]
     assert dead_operations_text("r1", outcome).startswith("warning: dead run r1: its Spark Connect server cannot")
+
+
+def test_the_dead_session_is_reached_with_the_channel_settings_of_the_same_server_only():
+    dead = {**CONNECT, "user_id": "etl"}
+    url = _attach_url(dead, remote="sc://127.0.0.1:15002/;token=abc;use_ssl=true;session_id=mine")
+    assert url == "sc://127.0.0.1:15002/;token=abc;use_ssl=true;session_id=s;user_id=etl"
+    assert _attach_url(dead, remote="sc://other:15002/;token=abc") == "sc://127.0.0.1:15002/;session_id=s;user_id=etl"
