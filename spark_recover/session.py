@@ -452,6 +452,8 @@ def master(spark) -> str:
     return url
 
 
+#: The server's answers for a session it closed (released, or idle past its timeout): nothing of it runs.
+_SESSION_OVER = ("INVALID_HANDLE.SESSION_CLOSED", "INVALID_HANDLE.SESSION_NOT_FOUND")
 #: How long a takeover or rollback waits for a dead client's interrupted operations to end on the server.
 DEAD_OPERATIONS_WAIT_SECONDS = 300.0
 
@@ -526,6 +528,8 @@ def stop_dead_operations(identity: Mapping[str, Any], *, spark=None, remote: str
         try:
             operations = client.interrupt_tag(identity["tag"]) or []
         except Exception as exc:  # gone (its operations with it) or out of reach: the caller warns
+            if any(code in str(exc) for code in _SESSION_OVER):
+                return {"operations": [], "seconds": round(time.monotonic() - started, 3), "unreachable": None}
             found = re.search(r'details = "([^"]*)"', str(exc))  # pyspark wraps gRPC's error in its text
             reason = found.group(1) if found else str(exc).splitlines()[0]
             return {"operations": [], "seconds": round(time.monotonic() - started, 3), "unreachable": reason[:300]}

@@ -162,3 +162,20 @@ def test_resume_takes_over_after_interrupting_the_killed_clients_sink_write(spar
     assert sink["skipped_duplicate"] is False  # the dead write never committed: the resume published
     _no_late_commit(table, deltalake.DeltaTable(str(table)).version())
     assert_same_rows(spark, spark.read.format("delta").load(str(table)), before + [(n,) for n in range(1000)])
+
+
+def test_a_dead_runs_session_the_server_already_closed_has_nothing_left_to_stop(spark, spark_connect_server):
+    """A dead run's server session that expired or was released: nothing of it runs; no warning."""
+    from pyspark.sql.connect.session import SparkSession as RemoteSession
+
+    from spark_recover.session import connect_identity, dead_operations_text, stop_dead_operations
+
+    gone = RemoteSession.builder.remote(spark_connect_server).create()
+    gone.range(1).collect()
+    identity = connect_identity(gone, "r1")
+    gone.client.release_session()
+    gone.client.close()
+    outcome = stop_dead_operations(identity, spark=spark)
+    assert outcome["operations"] == [] and outcome["unreachable"] is None, outcome
+    assert dead_operations_text("r1", outcome) == \
+        "dead run r1: no operation of it was still running on the Spark Connect server"
