@@ -522,6 +522,10 @@ def stop_dead_operations(identity: Mapping[str, Any], *, spark=None, remote: str
     from pyspark.sql.connect.client import SparkConnectClient
 
     started = time.monotonic()
+
+    def outcome(operations: list[str], unreachable: str | None = None) -> dict[str, Any]:
+        return {"operations": operations, "seconds": round(time.monotonic() - started, 3), "unreachable": unreachable}
+
     client = SparkConnectClient(connection=_attach_url(identity, spark, remote), use_reattachable_execute=False)
     client.set_retry_policies([])  # a server that is gone: say so now rather than retry for minutes
     try:
@@ -529,10 +533,9 @@ def stop_dead_operations(identity: Mapping[str, Any], *, spark=None, remote: str
             operations = client.interrupt_tag(identity["tag"]) or []
         except Exception as exc:  # gone (its operations with it) or out of reach: the caller warns
             if any(code in str(exc) for code in _SESSION_OVER):
-                return {"operations": [], "seconds": round(time.monotonic() - started, 3), "unreachable": None}
+                return outcome([])
             found = re.search(r'details = "([^"]*)"', str(exc))  # pyspark wraps gRPC's error in its text
-            reason = found.group(1) if found else str(exc).splitlines()[0]
-            return {"operations": [], "seconds": round(time.monotonic() - started, 3), "unreachable": reason[:300]}
+            return outcome([], (found.group(1) if found else str(exc).splitlines()[0])[:300])
         for operation in operations:
             request = proto.ReattachExecuteRequest(session_id=identity["session_id"], operation_id=operation,
                                                    client_type="spark-recover")
@@ -550,7 +553,7 @@ def stop_dead_operations(identity: Mapping[str, Any], *, spark=None, remote: str
                         f"expected it to end within {wait_seconds:.0f}s of its interrupt; it could still commit. "
                         "Retry once it has ended", operation=operation) from exc
                 # canceled, not found, abandoned: the execution is over
-        return {"operations": operations, "seconds": round(time.monotonic() - started, 3), "unreachable": None}
+        return outcome(operations)
     finally:
         client.close()
 

@@ -141,6 +141,7 @@ def test_rollback_interrupts_the_killed_clients_sink_write(spark, tmp_path):
     done = run_cli("rollback", dead.run_id, "--root", root, env=NO_JAVA)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"interrupted 1 operation of dead run {dead.run_id} on the Spark Connect server" in done.stdout
+    print("\n" + next(line for line in done.stdout.splitlines() if line.startswith("interrupted")))
     version = deltalake.DeltaTable(str(table)).version()
     _no_late_commit(table, version)
     assert_same_rows(spark, spark.read.format("delta").load(str(table)), before)
