@@ -105,6 +105,7 @@ class RunRecord:
     total_seconds: float | None = None
     error: str | None = None
     process: dict[str, Any] = field(default_factory=dict)
+    connect: dict[str, Any] | None = None  # Spark Connect server, session and operation tag of its driver
     sources: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     stages: dict[str, StageRecord] = field(default_factory=dict)
@@ -212,6 +213,7 @@ def apply_event(run: RunRecord, ev: Mapping[str, Any]) -> None:
         run.job_file = detail.get("job_file")
         run.conf_file = detail.get("conf_file")
         run.process = detail.get("process", {})
+        run.connect = detail.get("connect")
         run.sources = detail.get("sources", {})
         for name in detail.get("stages", []):
             run.stages.setdefault(name, StageRecord(name))

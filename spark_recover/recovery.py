@@ -23,6 +23,7 @@ from .ledger import Ledger, RunRecord
 from .fingerprint import digest
 from .publication import recovery_point
 from .sinks import TableState, commit_tag, isolated_session, table_state
+from .session import dead_operations_text, stop_dead_operations
 from .storage import Layout, Target, canonical
 
 __all__ = ["rollback", "create_point", "list_points", "redo"]
@@ -155,6 +156,17 @@ def _run_targets(ledger: Ledger, run_id: str) -> tuple[RunRecord, dict[str, Any]
     return record, targets, {r.run_id for r in lineage}
 
 
+def _stop_dead_operations(ledger: Ledger, record: RunRecord, spark, settings: Settings,
+                          say: Callable[[str], None]) -> dict[str, Any]:
+    """Stop what dead Connect runs of the logical run still run on their server, before anything is
+    checked or restored: a write the server finished after the restore would put the table off its point."""
+    stopped = {}
+    for dead in (r for r in ledger.lineage(record) if r.connect and r.died):
+        stopped[dead.run_id] = stop_dead_operations(dead.connect, spark=spark, remote=settings.remote)
+        say(dead_operations_text(dead.run_id, stopped[dead.run_id]))
+    return stopped
+
+
 def rollback(run_id: str | None = None, *, point: str | None = None, force: bool = False,
              root: str | None = None, settings: Settings | None = None, spark=None,
              echo: bool = True) -> dict[str, Any]:
@@ -191,6 +203,7 @@ def _roll_back(ledger: Ledger, settings: Settings, spark, say: Callable[[str], N
             raise RecoveryPointError(f"unknown recovery point {point!r}",
                                      f"known points: {sorted(points) or 'none'}", point=point)
         journal_id, targets, ours = f"point:{point}", points[point]["tables"], None
+        stopped = {}
         journal = ledger.journal(journal_id)
     else:
         record, targets, ours = _run_targets(ledger, run_id)
@@ -198,6 +211,7 @@ def _roll_back(ledger: Ledger, settings: Settings, spark, say: Callable[[str], N
             say(f"run {run_id} is already rolled back: nothing to do")
             return {**(record.rollback or {}), "noop": True, "undone_by": record.undone_by}
         journal_id, journal = run_id, record.rollback
+        stopped = _stop_dead_operations(ledger, record, spark, settings, say)
     # An unfinished journal: an earlier attempt crashed. What it restored stays
     # restored, and it is finished as it was started (same attempt tag, same --force).
     earlier = journal if journal and not journal.get("finished") else None
@@ -224,7 +238,8 @@ def _roll_back(ledger: Ledger, settings: Settings, spark, say: Callable[[str], N
             _check_removable(tables[table], target_point)
 
     ledger.append(journal_id, "", "rollback_started", detail={
-        "targets": targets, "force": force, "attempt": attempt, "existed": sorted(t for t in targets if states[t].exists)})
+        "targets": targets, "force": force, "attempt": attempt, "existed": sorted(t for t in targets if states[t].exists),
+        "dead_operations": stopped})
     failpoints.hit("rollback", "before_restore")
     restored, started = [], time.monotonic()
     done_before = dict(earlier["restored"]) if earlier else {}

@@ -228,12 +228,13 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
     _check_cluster_storage(ctx, session.master(spark) if spark is not None else
                            ctx.settings.spark.get("spark.master", "local[*]"), targets)
 
+    connect = session.connect_identity(spark, ctx.run_id) if spark is not None else None
     ctx.claim = lease.claim(ctx.ledger, job.name, ctx.params_key, ctx.run_id, {
         "params": ctx.params, "params_key": ctx.params_key, "job_file": job.file, "stages": stage_names,
         "root": ctx.layout.root, "conf_file": ctx.settings.conf_file, "sinks": [t.table for t in targets],
         "origin_run_id": resume_from.run_id if resume_from else None, "rerun": list(rerun),
         "process": this_process(), "heartbeat_seconds": ctx.settings.heartbeat_seconds,
-        "library": __version__})
+        "library": __version__, "connect": connect})
     ctx.record = ctx.ledger.run(ctx.run_id)
     heartbeat = Heartbeat(ctx.ledger, ctx.run_id, job.name, ctx.settings.heartbeat_seconds)
     heartbeat.start()
@@ -244,6 +245,8 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
         if spark is None:
             spark = session.get_spark(ctx.settings)
         session_seconds = time.monotonic() - started
+        _stop_dead_operations(ctx, spark, resume_from)
+        session.tag_operations(spark, connect)
         started = time.monotonic()  # the run's clock excludes starting the JVM
         chain = _origin_chain(resume_from, lineage)
         pins = _pin_sources(ctx, spark, chain, refresh_sources)
@@ -270,6 +273,8 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
         raise
     finally:
         heartbeat.stop()
+        if spark is not None:
+            session.untag_operations(spark, connect)
     total = time.monotonic() - started
     metrics = _recovery_metrics(ctx, plans, total) if resume_from is not None else {}
     metrics["session_seconds"] = round(session_seconds, 3)  # starting (or reusing) the JVM, not in total
@@ -283,6 +288,26 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
         ctx.say(f"run {ctx.run_id} failed: {error}")
         ctx.say(f"resume with: {resume_command(ctx.run_id, ctx.settings)}")
     return RunResult(ctx.record, spark, ctx.layout)
+
+
+def dead_connect_runs(runs: list[RunRecord], run_id: str, params_key: str,
+                      origin: RunRecord | None) -> list[RunRecord]:
+    """The dead Connect runs whose operations a run taking the lease must stop first.
+
+    The newest other run of the same parameters (the lease's last holder; every
+    run before it was taken over the same way) and the run being replayed.
+    """
+    same = [r for r in runs if r.params_key == params_key and r.run_id != run_id]
+    candidates = {r.run_id: r for r in same[-1:] + ([origin] if origin is not None else [])}
+    return [r for r in candidates.values() if r.connect and r.died]
+
+
+def _stop_dead_operations(ctx: RunContext, spark, origin: RunRecord | None) -> None:
+    """A Connect server keeps a killed client's operations running: stop them before this run writes."""
+    for dead in dead_connect_runs(ctx.ledger.runs(ctx.job.name), ctx.run_id, ctx.params_key, origin):
+        outcome = session.stop_dead_operations(dead.connect, spark=spark, remote=ctx.settings.remote)
+        ctx.log("dead_operations_stopped", detail={"run_id": dead.run_id, **outcome})
+        ctx.say(session.dead_operations_text(dead.run_id, outcome))
 
 
 def _recovery_metrics(ctx: RunContext, plans: list[StagePlan], total: float) -> dict[str, Any]:

@@ -36,17 +36,20 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import weakref
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from .config import Settings
-from .errors import SessionError
+from .errors import RefusedError, SessionError
 from .storage import hadoop_confs, is_s3
 
 __all__ = ["get_spark", "resolve_delta_jars", "resolve_s3a_jars", "s3a_coordinates", "delta_coordinate", "local_confs",
            "startup_archive", "master", "describe", "attached", "is_connect", "RESULT_SETTINGS", "RESULT_PREFIXES",
-           "explicit_settings", "result_settings", "engine_versions", "fingerprint_parts", "carried_settings"]
+           "explicit_settings", "result_settings", "engine_versions", "fingerprint_parts", "carried_settings",
+           "connect_identity", "tag_operations", "untag_operations",
+           "stop_dead_operations", "dead_operations_text", "DEAD_OPERATIONS_WAIT_SECONDS"]
 
 _DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
 _DELTA_CATALOG = "org.apache.spark.sql.delta.catalog.DeltaCatalog"
@@ -447,6 +450,124 @@ def master(spark) -> str:
     if is_connect(spark) and spark.client.host.strip("[]") not in ("localhost", "127.0.0.1", "::1"):
         return f"{url} of the Spark Connect server at {spark.client.host}"
     return url
+
+
+#: The server's answers for a session it closed (released, or idle past its timeout): nothing of it runs.
+_SESSION_OVER = ("INVALID_HANDLE.SESSION_CLOSED", "INVALID_HANDLE.SESSION_NOT_FOUND")
+#: How long a takeover or rollback waits for a dead client's interrupted operations to end on the server.
+DEAD_OPERATIONS_WAIT_SECONDS = 300.0
+
+
+def connect_identity(spark, run_id: str) -> dict[str, Any] | None:
+    """What a later client needs to reach run ``run_id``'s operations; ``None`` for a classic session.
+
+    The server's address, the client session id and user id (a server keeps a
+    session per user and session id) and the run's operation tag, for the
+    ledger. A Connect server keeps a killed client's operations running, and a
+    tag interrupt reaches only the operations of the session it is sent in, so
+    a takeover or rollback sends it from a client attached to the dead session
+    (:func:`stop_dead_operations`). Credentials in the connection string are
+    not recorded.
+    """
+    if not is_connect(spark):
+        return None
+    return {"server": spark.client._builder.endpoint, "session_id": spark.session_id,
+            "user_id": spark.client._user_id, "tag": f"spark-recover-run-{run_id}"}
+
+
+def tag_operations(spark, identity: Mapping[str, Any] | None) -> None:
+    """Tag every operation this thread sends through ``spark`` with the run's tag (tags are per thread)."""
+    if identity is not None:
+        spark.addTag(identity["tag"])
+
+
+def untag_operations(spark, identity: Mapping[str, Any] | None) -> None:
+    """Stop tagging this thread's operations for the run (a notebook's session outlives its runs)."""
+    if identity is not None:
+        spark.removeTag(identity["tag"])
+
+
+def _attach_url(identity: Mapping[str, Any], spark=None, remote: str | None = None) -> str:
+    """A connection string to the dead run's server session; the channel settings (TLS, token) of the
+    current Connect session or of ``remote`` (``--remote``, ``$SPARK_REMOTE``) when they lead to the same server."""
+    from pyspark.sql.connect.client import DefaultChannelBuilder
+
+    builder = spark.client._builder if spark is not None and is_connect(spark) else None
+    if builder is None and remote:
+        builder = DefaultChannelBuilder(remote)
+    same = builder is not None and builder.endpoint == identity["server"]
+    params = {k: v for k, v in (builder._params.items() if same else ())
+              if k not in (DefaultChannelBuilder.PARAM_SESSION_ID, DefaultChannelBuilder.PARAM_USER_ID)}
+    params[DefaultChannelBuilder.PARAM_SESSION_ID] = identity["session_id"]
+    if identity.get("user_id"):
+        params[DefaultChannelBuilder.PARAM_USER_ID] = identity["user_id"]
+    return f"sc://{identity['server']}/;" + ";".join(f"{k}={v}" for k, v in params.items())
+
+
+def stop_dead_operations(identity: Mapping[str, Any], *, spark=None, remote: str | None = None,
+                         wait_seconds: float = DEAD_OPERATIONS_WAIT_SECONDS) -> dict[str, Any]:
+    """Interrupt a dead client's tagged operations on its Connect server and wait until each has ended.
+
+    Attaches a client to the dead session (``identity`` from :func:`connect_identity`),
+    interrupts by tag, then reattaches to each interrupted operation and reads
+    its response stream to its end: the stream ends (canceled, or not found)
+    only once the server's execution thread is done, so nothing it would commit
+    can land afterwards. Returns ``operations`` (ids interrupted), ``seconds``
+    waited and ``unreachable`` (why the server cannot be reached from here:
+    nothing could be stopped). An operation still running after
+    ``wait_seconds`` is refused (exit 3): continuing could let it commit later.
+    """
+    import grpc
+    from pyspark.sql.connect import proto
+    from pyspark.sql.connect.client import SparkConnectClient
+
+    started = time.monotonic()
+
+    def outcome(operations: list[str], unreachable: str | None = None) -> dict[str, Any]:
+        return {"operations": operations, "seconds": round(time.monotonic() - started, 3), "unreachable": unreachable}
+
+    client = SparkConnectClient(connection=_attach_url(identity, spark, remote), use_reattachable_execute=False)
+    client.set_retry_policies([])  # a server that is gone: say so now rather than retry for minutes
+    try:
+        try:
+            operations = client.interrupt_tag(identity["tag"]) or []
+        except Exception as exc:  # gone (its operations with it) or out of reach: the caller warns
+            if any(code in str(exc) for code in _SESSION_OVER):
+                return outcome([])
+            found = re.search(r'details = "([^"]*)"', str(exc))  # pyspark wraps gRPC's error in its text
+            return outcome([], (found.group(1) if found else str(exc).splitlines()[0])[:300])
+        for operation in operations:
+            request = proto.ReattachExecuteRequest(session_id=identity["session_id"], operation_id=operation,
+                                                   client_type="spark-recover")
+            if identity.get("user_id"):
+                request.user_context.user_id = identity["user_id"]
+            left = max(1.0, wait_seconds - (time.monotonic() - started))
+            try:
+                for _ in client._stub.ReattachExecute(request, metadata=client._builder.metadata(), timeout=left):
+                    pass
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise RefusedError(
+                        f"operation {operation} (tag {identity['tag']}) of a dead run is still running on the "
+                        f"Spark Connect server at {identity['server']}",
+                        f"expected it to end within {wait_seconds:.0f}s of its interrupt; it could still commit. "
+                        "Retry once it has ended", operation=operation) from exc
+                # canceled, not found, abandoned: the execution is over
+        return outcome(operations)
+    finally:
+        client.close()
+
+
+def dead_operations_text(run_id: str, outcome: Mapping[str, Any]) -> str:
+    """What a takeover or rollback says it did about a dead Connect run's operations."""
+    if outcome["unreachable"]:
+        return (f"warning: dead run {run_id}: its Spark Connect server cannot be reached ({outcome['unreachable']}); "
+                "an operation of it still running there could commit later")
+    n = len(outcome["operations"])
+    if not n:
+        return f"dead run {run_id}: no operation of it was still running on the Spark Connect server"
+    return (f"interrupted {n} operation{'s' if n > 1 else ''} of dead run {run_id} on the Spark Connect server "
+            f"and waited {outcome['seconds']:.1f}s for {'them' if n > 1 else 'it'} to end")
 
 
 def explicit_settings(spark) -> dict[str, str]:

@@ -16,11 +16,13 @@ import pytest
 from spark_recover.sinks import isolated_session
 from spark_recover.testing import ConnectServer, kill_during, run_args, run_cli, runs_of
 
-from conftest import LOCAL_MODE, SINK_JOB, SMALL_JOB, TABLES, check_tables, read_table
+from conftest import JOBS, LOCAL_MODE, SINK_JOB, SMALL_JOB, TABLES, check_tables, read_table
+from recovery_checks import assert_same_rows
 
 pytestmark = pytest.mark.connect
 
 NO_JAVA = {"JAVA_HOME": "/nonexistent/jdk"}
+SLOW_SINK_JOB = str(JOBS / "slow_sink_job.py")
 TXN_CONFS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion")
 
 
@@ -103,3 +105,78 @@ def test_server_without_delta_is_a_clear_error(spark, source_data, tmp_path_fact
     assert "has no Delta Lake" in done.stderr and "io.delta:delta-spark_4.2_2.13:4.4.0" in done.stderr
     assert "Traceback" not in done.stderr
     assert not root.exists() or not any(root.rglob("*.json"))  # nothing written
+
+
+def _killed_mid_sink_write(spark, tmp_path):
+    """A run of the slow-sink job SIGKILLed 3 s into its sink write (1000 files, ~15 s on the server),
+    over a sink table that holds 5 rows; the server keeps writing."""
+    out, root = tmp_path / "out", str(tmp_path / "root")
+    spark.range(1000, 1005).withColumnRenamed("id", "n").write.format("delta").save(str(out / "rows"))
+    before = spark.read.format("delta").load(str(out / "rows")).collect()
+    params = {"rows": "1000", "out": str(out)}
+    killed = kill_during(SLOW_SINK_JOB, root=root, params=params, delay=3,
+                         when=lambda run: any(s.get("status") == "planned" for s in run.sinks.values()))
+    assert killed.killed, killed.stderr
+    [dead] = runs_of(root)
+    assert dead.died and dead.connect and dead.connect["tag"] == f"spark-recover-run-{dead.run_id}"
+    return out / "rows", root, params, dead, before
+
+
+def _no_late_commit(table, version: int, wait: float = 60) -> None:
+    """The table stays at ``version`` while the killed client's write would have ended (polled, bounded)."""
+    import deltalake
+
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        assert deltalake.DeltaTable(str(table)).version() == version, "a late commit landed"
+        time.sleep(2)
+
+
+def test_rollback_interrupts_the_killed_clients_sink_write(spark, tmp_path):
+    """A client killed mid sink write; `rollback` from a new client interrupts the write still running on
+    the server and says so; long after the write would have ended, the table is at its recovery point."""
+    import deltalake
+
+    table, root, _, dead, before = _killed_mid_sink_write(spark, tmp_path)
+    done = run_cli("rollback", dead.run_id, "--root", root, env=NO_JAVA)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"interrupted 1 operation of dead run {dead.run_id} on the Spark Connect server" in done.stdout
+    print("\n" + next(line for line in done.stdout.splitlines() if line.startswith("interrupted")))
+    version = deltalake.DeltaTable(str(table)).version()
+    _no_late_commit(table, version)
+    assert_same_rows(spark, spark.read.format("delta").load(str(table)), before)
+    assert runs_of(root)[-1].status == "rolled_back"
+
+
+def test_resume_takes_over_after_interrupting_the_killed_clients_sink_write(spark, tmp_path):
+    """`run --resume` from a new client over a client killed mid sink write: it interrupts the dead run's
+    write first and says so; the sink then holds its rows once, and nothing lands afterwards."""
+    import deltalake
+
+    table, root, params, dead, before = _killed_mid_sink_write(spark, tmp_path)
+    resumed = run_cli(*run_args(SLOW_SINK_JOB, root, params, ["--resume"]), env=NO_JAVA)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"interrupted 1 operation of dead run {dead.run_id} on the Spark Connect server" in resumed.stdout
+    run = runs_of(root)[-1]
+    assert run.origin_run_id == dead.run_id and run.status == "succeeded"
+    [sink] = run.sinks.values()
+    assert sink["skipped_duplicate"] is False  # the dead write never committed: the resume published
+    _no_late_commit(table, deltalake.DeltaTable(str(table)).version())
+    assert_same_rows(spark, spark.read.format("delta").load(str(table)), before + [(n,) for n in range(1000)])
+
+
+def test_a_dead_runs_session_the_server_already_closed_has_nothing_left_to_stop(spark, spark_connect_server):
+    """A dead run's server session that expired or was released: nothing of it runs; no warning."""
+    from pyspark.sql.connect.session import SparkSession as RemoteSession
+
+    from spark_recover.session import connect_identity, dead_operations_text, stop_dead_operations
+
+    gone = RemoteSession.builder.remote(spark_connect_server).create()
+    gone.range(1).collect()
+    identity = connect_identity(gone, "r1")
+    gone.client.release_session()
+    gone.client.close()
+    outcome = stop_dead_operations(identity, spark=spark)
+    assert outcome["operations"] == [] and outcome["unreachable"] is None, outcome
+    assert dead_operations_text("r1", outcome) == \
+        "dead run r1: no operation of it was still running on the Spark Connect server"
