@@ -105,3 +105,21 @@ def check_tables(spark, out: Path, clean_sinks) -> None:
     for table in TABLES:
         assert_same_rows(spark, read_table(spark, out, table), clean_sinks[table])
         assert read_delta(str(out / table)).num_rows == len(clean_sinks[table])
+
+
+@pytest.fixture(scope="module")
+def s3(tmp_path_factory):
+    """An S3 server (moto) on localhost, one per test module that asks for it."""
+    from clusterkit import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def options(s3):
+    """The storage options that reach :func:`s3` (delta-rs spelling)."""
+    from spark_recover.storage import with_s3_defaults
+
+    return with_s3_defaults(s3.options, {})

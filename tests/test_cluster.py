@@ -21,10 +21,10 @@ import pytest
 
 from spark_recover.job import load_job
 from spark_recover.ledger import Ledger
-from spark_recover.storage import Layout, filesystem, is_local, native_uri, read_delta, with_s3_defaults
+from spark_recover.storage import Layout, filesystem, is_local, native_uri, read_delta
 from spark_recover.testing import job_env
 
-from clusterkit import S3Server, Standalone, kill_group
+from clusterkit import Standalone, kill_group
 from recovery_checks import assert_same_rows
 
 pytestmark = pytest.mark.cluster
@@ -37,18 +37,6 @@ SEED = pa.table({"customer_id": pa.array([-3, -2, -1], pa.int64()), "country": [
                  "segment": ["seed"] * 3, "total": [1.0, 2.0, 3.0], "orders": pa.array([1, 1, 1], pa.int64()),
                  "first_day": pa.array([19000] * 3, pa.date32()), "last_day": pa.array([19001] * 3, pa.date32())})
 TIMES: dict[str, float] = {}
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    server = S3Server(tmp_path_factory.mktemp("s3"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def options(s3):
-    return with_s3_defaults(s3.options, {})
 
 
 @pytest.fixture(scope="module")

@@ -101,7 +101,6 @@ def test_concurrent_runs_with_other_params_do_not_conflict(spark, small_job, sou
 
 import datetime as dt
 import socket
-import threading
 import time
 from pathlib import Path
 

@@ -24,10 +24,9 @@ import pytest
 from spark_recover import lease, storage
 from spark_recover.errors import RefusedError, UsageError
 from spark_recover.ledger import Ledger, this_process
-from spark_recover.storage import Layout, with_s3_defaults
+from spark_recover.storage import Layout
 from spark_recover.testing import job_env, run_cli
 
-from clusterkit import S3Server
 
 
 class NoConditionalPuts:
@@ -80,18 +79,6 @@ class NoConditionalPuts:
 
     def stop(self) -> None:
         self.server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    server = S3Server(tmp_path_factory.mktemp("s3"))
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def options(s3):
-    return with_s3_defaults(s3.options, {})
 
 
 @pytest.fixture(scope="module")
