@@ -110,16 +110,20 @@ def test_an_import_inside_the_body_is_covered_as_loaded_and_a_stale_module_refus
         sys.modules.pop("fp_unit_helpers", None)
 
 
-def test_a_module_attribute_counts_as_loaded(tmp_path, monkeypatch):
+@pytest.mark.parametrize("module, source", [
+    ("fp_unit_conf", "import fp_unit_conf\ndef s(df):\n    return df.limit(fp_unit_conf.LIMIT)\n"),
+    ("fp_unit_body_conf", "def s(df):\n    import fp_unit_body_conf\n    return df.limit(fp_unit_body_conf.LIMIT)\n"),
+])
+def test_a_module_attribute_counts_as_loaded(tmp_path, monkeypatch, module, source):
+    """Imported at module level or in the stage's body: the value the process holds counts."""
     monkeypatch.syspath_prepend(str(tmp_path))
-    _write(tmp_path / "fp_unit_conf.py", "LIMIT = 10\n", 0)
-    source = "import fp_unit_conf\ndef s(df):\n    return df.limit(fp_unit_conf.LIMIT)\n"
+    _write(tmp_path / f"{module}.py", "LIMIT = 10\n", 0)
     try:
         first = _stage_code(source, tmp_path)
-        monkeypatch.setattr(sys.modules["fp_unit_conf"], "LIMIT", 20)  # as a test or a notebook may do
+        monkeypatch.setattr(sys.modules[module], "LIMIT", 20)  # as a test or a notebook may do
         assert _stage_code(source, tmp_path)["code"] != first["code"]
     finally:
-        sys.modules.pop("fp_unit_conf", None)
+        sys.modules.pop(module, None)
 
 
 def test_builtins_and_library_callables_count_by_name(tmp_path):
@@ -128,18 +132,6 @@ def test_builtins_and_library_callables_count_by_name(tmp_path):
     lower = _stage_code("import os\nF = {'f': str.lower, 'j': os.path.join, 'n': len}\n"
                         "def s(df):\n    return F\n", tmp_path)
     assert upper["code"] != lower["code"] and "unencoded" not in upper
-
-
-def test_a_module_imported_in_the_body_counts_its_attributes_as_loaded(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(tmp_path))
-    _write(tmp_path / "fp_unit_body_conf.py", "LIMIT = 10\n", 0)
-    source = "def s(df):\n    import fp_unit_body_conf\n    return df.limit(fp_unit_body_conf.LIMIT)\n"
-    try:
-        first = _stage_code(source, tmp_path)
-        monkeypatch.setattr(sys.modules["fp_unit_body_conf"], "LIMIT", 20)
-        assert _stage_code(source, tmp_path)["code"] != first["code"]
-    finally:
-        sys.modules.pop("fp_unit_body_conf", None)
 
 
 def test_a_logger_is_encoded_by_name_without_a_warning(tmp_path):
