@@ -164,6 +164,11 @@ class RunRecord:
     def died(self) -> bool:
         return not self.finished and not self.alive
 
+    @property
+    def merge_sessions(self) -> list[str]:
+        """The Spark Connect server sessions its MERGE sinks ran in (each recorded before its MERGE began)."""
+        return [s["merge_session"] for s in self.sinks.values() if s.get("merge_session")]
+
     def stage_list(self) -> list[StageRecord]:
         """Stages in order; in a dead run, the stage caught mid-flight shows as failed."""
         if not self.died:

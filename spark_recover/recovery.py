@@ -162,7 +162,8 @@ def _stop_dead_operations(ledger: Ledger, record: RunRecord, spark, settings: Se
     checked or restored: a write the server finished after the restore would put the table off its point."""
     stopped = {}
     for dead in (r for r in ledger.lineage(record) if r.connect and r.died):
-        stopped[dead.run_id] = stop_dead_operations(dead.connect, spark=spark, remote=settings.remote)
+        stopped[dead.run_id] = stop_dead_operations(dead.connect, sessions=dead.merge_sessions, spark=spark,
+                                                    remote=settings.remote)
         say(dead_operations_text(dead.run_id, stopped[dead.run_id]))
     return stopped
 

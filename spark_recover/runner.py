@@ -19,6 +19,7 @@ import contextlib
 import json
 import time
 import traceback
+import uuid
 from types import MappingProxyType
 from typing import Any, Callable, Collection, Mapping
 
@@ -305,7 +306,8 @@ def dead_connect_runs(runs: list[RunRecord], run_id: str, params_key: str,
 def _stop_dead_operations(ctx: RunContext, spark, origin: RunRecord | None) -> None:
     """A Connect server keeps a killed client's operations running: stop them before this run writes."""
     for dead in dead_connect_runs(ctx.ledger.runs(ctx.job.name), ctx.run_id, ctx.params_key, origin):
-        outcome = session.stop_dead_operations(dead.connect, spark=spark, remote=ctx.settings.remote)
+        outcome = session.stop_dead_operations(dead.connect, sessions=dead.merge_sessions, spark=spark,
+                                               remote=ctx.settings.remote)
         ctx.log("dead_operations_stopped", detail={"run_id": dead.run_id, **outcome})
         ctx.say(session.dead_operations_text(dead.run_id, outcome))
 
@@ -464,6 +466,10 @@ def _publish(ctx: RunContext, spark, targets: list[SinkTarget], lineage: list[Ru
         planned = {"table": st.table, "mode": st.sink.mode, "txn_app_id": decision.app,
                    "txn_version": decision.txn_version, "repeats": decision.repeats, "predicate": st.predicate,
                    "checkpoint": data.checkpoint, "checkpoint_version": data.version}
+        if st.sink.mode == "merge" and session.is_connect(spark):
+            # The MERGE runs in a server session of its own: its id goes in the ledger first, so a
+            # takeover or rollback can stop it there if this client dies mid-MERGE.
+            planned["merge_session"] = str(uuid.uuid4())
         if not st.target.catalog and lease.needs_table_lease(st.table, log_stores):
             lease.take_table(ctx.ledger, ctx.run_id, st.table, lambda at: ctx.log(
                 "sink_planned", stage=st.sink.stage, only_at=at, detail=planned), on_wait=ctx.say)
@@ -476,7 +482,8 @@ def _publish(ctx: RunContext, spark, targets: list[SinkTarget], lineage: list[Ru
                 return checkpoint.read(session, data.checkpoint, data.version, ctx.layout)
 
             written = sinks.publish(spark, st, read, decision.app, decision.txn_version,
-                                    {"run_id": ctx.run_id, "sink": st.table})
+                                    {"run_id": ctx.run_id, "sink": st.table},
+                                    merge_session=planned.get("merge_session"))
         except Exception as exc:
             message = _first_line(exc)
             error = f"sink of stage {st.sink.stage!r} to {st.table} failed: {type(exc).__name__}: {message}"

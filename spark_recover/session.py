@@ -39,7 +39,7 @@ import tempfile
 import time
 import weakref
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 from .config import Settings
 from .errors import RefusedError, SessionError
@@ -504,46 +504,62 @@ def _attach_url(identity: Mapping[str, Any], spark=None, remote: str | None = No
     return f"sc://{identity['server']}/;" + ";".join(f"{k}={v}" for k, v in params.items())
 
 
-def stop_dead_operations(identity: Mapping[str, Any], *, spark=None, remote: str | None = None,
+def stop_dead_operations(identity: Mapping[str, Any], *, sessions: Sequence[str] = (), spark=None,
+                         remote: str | None = None,
                          wait_seconds: float = DEAD_OPERATIONS_WAIT_SECONDS) -> dict[str, Any]:
-    """Interrupt a dead client's tagged operations on its Connect server and wait until each has ended.
+    """Interrupt a dead client's operations on its Connect server and wait until each has ended.
 
-    Attaches a client to the dead session (``identity`` from :func:`connect_identity`),
-    interrupts by tag, then reattaches to each interrupted operation and reads
-    its response stream to its end: the stream ends (canceled, or not found)
-    only once the server's execution thread is done, so nothing it would commit
-    can land afterwards. Returns ``operations`` (ids interrupted), ``seconds``
-    waited and ``unreachable`` (why the server cannot be reached from here:
-    nothing could be stopped). An operation still running after
-    ``wait_seconds`` is refused (exit 3): continuing could let it commit later.
+    Attaches a client to the dead session (``identity`` from :func:`connect_identity`)
+    and interrupts by the run's tag; then to each of ``sessions`` (server
+    sessions of the run's own, a MERGE's: ``RunRecord.merge_sessions``),
+    interrupts everything there and releases it. It reattaches to each
+    interrupted operation and reads its response stream to its end: the stream
+    ends (canceled, or not found) only once the server's execution thread is
+    done, so nothing it would commit can land afterwards. Returns ``operations``
+    (ids interrupted), ``seconds`` waited and ``unreachable`` (why the server
+    cannot be reached from here: nothing could be stopped). An operation still
+    running after ``wait_seconds`` is refused (exit 3): continuing could let it
+    commit later.
     """
+    started = time.monotonic()
+    stopped: list[str] = []
+    for session_id in [identity["session_id"], *sessions]:
+        own = session_id != identity["session_id"]
+        operations, unreachable = _stop_session_operations(
+            {**identity, "session_id": session_id}, None if own else identity["tag"], spark=spark, remote=remote,
+            deadline=started + wait_seconds, wait_seconds=wait_seconds, release=own)
+        stopped += operations
+        if unreachable:
+            return {"operations": stopped, "seconds": round(time.monotonic() - started, 3), "unreachable": unreachable}
+    return {"operations": stopped, "seconds": round(time.monotonic() - started, 3), "unreachable": None}
+
+
+def _stop_session_operations(identity: Mapping[str, Any], tag: str | None, *, spark, remote: str | None,
+                             deadline: float, wait_seconds: float, release: bool) -> tuple[list[str], str | None]:
+    """Interrupt the operations of one server session (``tag``'s, else all) and wait each out:
+    (operation ids, why the server cannot be reached or ``None``)."""
     import grpc
     from pyspark.sql.connect import proto
     from pyspark.sql.connect.client import SparkConnectClient
-
-    started = time.monotonic()
-
-    def outcome(operations: list[str], unreachable: str | None = None) -> dict[str, Any]:
-        return {"operations": operations, "seconds": round(time.monotonic() - started, 3), "unreachable": unreachable}
 
     client = SparkConnectClient(connection=_attach_url(identity, spark, remote), use_reattachable_execute=False)
     client.set_retry_policies([])  # a server that is gone: say so now rather than retry for minutes
     try:
         try:
-            operations = client.interrupt_tag(identity["tag"]) or []
+            operations = (client.interrupt_tag(tag) if tag else client.interrupt_all()) or []
         except Exception as exc:  # gone (its operations with it) or out of reach: the caller warns
             if any(code in str(exc) for code in _SESSION_OVER):
-                return outcome([])
+                return [], None
             found = re.search(r'details = "([^"]*)"', str(exc))  # pyspark wraps gRPC's error in its text
-            return outcome([], (found.group(1) if found else str(exc).splitlines()[0])[:300])
+            return [], (found.group(1) if found else str(exc).splitlines()[0])[:300]
         for operation in operations:
             request = proto.ReattachExecuteRequest(session_id=identity["session_id"], operation_id=operation,
                                                    client_type="spark-recover")
             if identity.get("user_id"):
                 request.user_context.user_id = identity["user_id"]
-            left = max(1.0, wait_seconds - (time.monotonic() - started))
             try:
-                for _ in client._stub.ReattachExecute(request, metadata=client._builder.metadata(), timeout=left):
+                for _ in client._stub.ReattachExecute(request, metadata=client._builder.metadata(),
+                                                      timeout=max(1.0, deadline - time.monotonic())):
                     pass
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -553,7 +569,10 @@ def stop_dead_operations(identity: Mapping[str, Any], *, spark=None, remote: str
                         f"expected it to end within {wait_seconds:.0f}s of its interrupt; it could still commit. "
                         "Retry once it has ended", operation=operation) from exc
                 # canceled, not found, abandoned: the execution is over
-        return outcome(operations)
+        if release:  # the run's own session (a MERGE's): nothing else will ever use it
+            with contextlib.suppress(Exception):
+                client.release_session()
+        return operations, None
     finally:
         client.close()
 

@@ -160,9 +160,10 @@ def txn_retention_warnings(spark, targets: Sequence[SinkTarget], lineage: Sequen
 
 
 def publish(spark, sink: SinkTarget, read: Callable[[Any], Any], app: str, txn_version: int,
-            metadata: Mapping[str, Any]) -> dict[str, Any]:
+            metadata: Mapping[str, Any], merge_session: str | None = None) -> dict[str, Any]:
     """Write ``read(session)`` to the sink unless Delta already holds ``txn_version`` for ``app``.
 
+    ``merge_session`` (Spark Connect): the id of the server session a MERGE runs in.
     Returns ``version_before``, ``version_after`` and ``skipped_duplicate``.
     """
     target, mode = sink.target, sink.sink.mode
@@ -173,7 +174,7 @@ def publish(spark, sink: SinkTarget, read: Callable[[Any], Any], app: str, txn_v
     if before.txn_version is not None and before.txn_version >= txn_version:
         return {**done, "version_after": before.version, "skipped_duplicate": True}
     if mode == "merge" and before.exists:
-        _merge(spark, sink, read, app, txn_version, tag)
+        _merge(spark, sink, read, app, txn_version, tag, merge_session)
     else:
         writer = (read(spark).write.format("delta").option("txnAppId", app).option("txnVersion", txn_version)
                   .option("userMetadata", tag))
@@ -190,13 +191,14 @@ def publish(spark, sink: SinkTarget, read: Callable[[Any], Any], app: str, txn_v
     return {**done, "version_after": after.version, "skipped_duplicate": skipped}
 
 
-def _merge(spark, sink: SinkTarget, read: Callable[[Any], Any], app: str, txn_version: int, tag: str) -> None:
+def _merge(spark, sink: SinkTarget, read: Callable[[Any], Any], app: str, txn_version: int, tag: str,
+           session_id: str | None) -> None:
     # Delta reads MERGE's transaction identifiers from session confs. They are set
     # on a session of the MERGE's own, so no other write of the job (another
     # thread, a later sink) can ever commit under them. SQL MERGE (not the
     # DeltaTable API) works the same in a classic and a Spark Connect session.
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in sink.sink.keys)
-    with isolated_session(spark, dict(zip(_TXN_CONFS, (app, str(txn_version), tag)))) as session:
+    with isolated_session(spark, dict(zip(_TXN_CONFS, (app, str(txn_version), tag))), session_id) as session:
         view = f"spark_recover_merge_{uuid.uuid4().hex}"
         read(session).createOrReplaceTempView(view)
         try:
@@ -207,7 +209,7 @@ def _merge(spark, sink: SinkTarget, read: Callable[[Any], Any], app: str, txn_ve
 
 
 @contextlib.contextmanager
-def isolated_session(spark, confs: Mapping[str, str]) -> Iterator[Any]:
+def isolated_session(spark, confs: Mapping[str, str], session_id: str | None = None) -> Iterator[Any]:
     """A session of its own on the same Spark, with ``confs`` set only there.
 
     Session confs of it (transaction identifiers, ``userMetadata``, VACUUM
@@ -218,7 +220,7 @@ def isolated_session(spark, confs: Mapping[str, str]) -> Iterator[Any]:
     auto-merge set at runtime), which a new session would not have. Spark
     Connect: a server-side clone of the session (every setting with it),
     released on exit (sessions on a Connect server are per client session id,
-    confs included).
+    confs included); ``session_id`` names the clone (a UUID), else it gets a new one.
 
     >>> with isolated_session(spark, {"spark.databricks.delta.commitInfo.userMetadata": "x"}) as s:   # doctest: +SKIP
     ...     s.sql("RESTORE TABLE delta.`/tmp/t` TO VERSION AS OF 0")
@@ -226,7 +228,7 @@ def isolated_session(spark, confs: Mapping[str, str]) -> Iterator[Any]:
     from .session import carried_settings, explicit_settings, is_connect
 
     connect = is_connect(spark)
-    session = spark.cloneSession() if connect else spark.newSession()
+    session = spark.cloneSession(session_id) if connect else spark.newSession()
     try:
         if not connect:
             for key, value in carried_settings(explicit_settings(spark)).items():

@@ -132,11 +132,14 @@ def _no_late_commit(table, version: int, wait: float = 60) -> None:
         time.sleep(2)
 
 
-def test_rollback_interrupts_the_killed_clients_sink_write(spark, tmp_path):
+@pytest.mark.parametrize("mode", ["append", "merge"])
+def test_rollback_interrupts_the_killed_clients_sink_write(spark, tmp_path, monkeypatch, mode):
     """A client killed mid sink write; `rollback` from a new client interrupts the write still running on
-    the server and says so; long after the write would have ended, the table is at its recovery point."""
+    the server and says so; long after the write would have ended, the table is at its recovery point.
+    A MERGE runs in a server session of its own (its transaction confs stay there): it is stopped too."""
     import deltalake
 
+    monkeypatch.setenv("SLOW_SINK_MODE", mode)
     table, root, _, dead, before = _killed_mid_sink_write(spark, tmp_path)
     done = run_cli("rollback", dead.run_id, "--root", root, env=NO_JAVA)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -148,11 +151,13 @@ def test_rollback_interrupts_the_killed_clients_sink_write(spark, tmp_path):
     assert runs_of(root)[-1].status == "rolled_back"
 
 
-def test_resume_takes_over_after_interrupting_the_killed_clients_sink_write(spark, tmp_path):
+@pytest.mark.parametrize("mode", ["append", "merge"])
+def test_resume_takes_over_after_interrupting_the_killed_clients_sink_write(spark, tmp_path, monkeypatch, mode):
     """`run --resume` from a new client over a client killed mid sink write: it interrupts the dead run's
     write first and says so; the sink then holds its rows once, and nothing lands afterwards."""
     import deltalake
 
+    monkeypatch.setenv("SLOW_SINK_MODE", mode)
     table, root, params, dead, before = _killed_mid_sink_write(spark, tmp_path)
     resumed = run_cli(*run_args(SLOW_SINK_JOB, root, params, ["--resume"]), env=NO_JAVA)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr

@@ -2,8 +2,11 @@
 
 Stage ``rows`` makes ``-p rows=N`` rows, published appended to ``{out}/rows``. Stage ``one_file_per_row``
 runs after it and, on the run's session, sets one row per file, so the sink write (after every stage)
-writes N files: about 1.5 s per 100 rows on a shared two-core machine.
+writes N files: about 1.5 s per 100 rows on a shared two-core machine. With ``$SLOW_SINK_MODE=merge``
+the sink is a MERGE on key ``n`` (a Spark Connect run MERGEs in a server session of its own).
 """
+
+import os
 
 from spark_recover import Job
 
@@ -21,7 +24,10 @@ def one_file_per_row(rows, spark):
     return rows.limit(1)
 
 
-job.sink("rows", path="{out}/rows", mode="append")
+if os.environ.get("SLOW_SINK_MODE") == "merge":
+    job.sink("rows", path="{out}/rows", mode="merge", keys=["n"])
+else:
+    job.sink("rows", path="{out}/rows", mode="append")
 
 
 if __name__ == "__main__":
