@@ -4,16 +4,16 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test soak test-cluster test-connect setup bench clean
+.PHONY: demo test soak test-cluster test-connect test-compat setup bench clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints/spark-4.2.txt
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11" >&2; exit 2; }
 	@command -v java >/dev/null || test -n "$$JAVA_HOME" || { echo "error: Java 17 not found; install OpenJDK 17 (apt-get install openjdk-17-jre-headless) or set JAVA_HOME" >&2; exit 2; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -c constraints/spark-4.2.txt -e ".[local,test]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -41,12 +41,18 @@ test-connect: $(STAMP)
 	  tests/test_connect.py tests/test_sinks.py tests/test_recovery.py tests/test_replay.py tests/test_retention.py \
 	  tests/test_session_settings.py
 
+# The compatibility matrix (tests/compat.py): spark-recover installed into environments that already hold
+# Spark 3.5 + delta-spark 3.3, Spark 4.0 + delta-spark 4.0, Spark 4.2.1 alone and Spark 4.3 (no Delta: refused),
+# and a Connect-only client (pyspark-client) against a server; environments kept in .compat/.
+test-compat: $(STAMP)
+	$(BIN)/python tests/compat.py
+
 # Benchmarks side by side (bench/results/latest.json and latest.md); BENCH=--large for bigger sizes.
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e ".[test,bench]"
+	$(BIN)/python -m pip install --quiet -c constraints/spark-4.2.txt -e ".[local,test,bench]"
 	$(BIN)/python -m bench $(BENCH)
 	$(BIN)/python -m bench.lease_race --trials 20
 	$(BIN)/python -m bench.connect --rounds 2
 
 clean:
-	rm -rf $(VENV) .spark-recover demo-data
+	rm -rf $(VENV) .compat .spark-recover demo-data

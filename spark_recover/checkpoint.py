@@ -85,7 +85,9 @@ def _check_storable(schema) -> None:
     """Refuse, naming the column, a type neither Delta nor parquet can store."""
     from pyspark.sql import types as T
 
-    unstorable = (T.DayTimeIntervalType, T.YearMonthIntervalType, T.CalendarIntervalType)
+    # CalendarIntervalType is public in pyspark from Spark 4.0 only (3.5 has the other two).
+    unstorable = tuple(getattr(T, name) for name in ("DayTimeIntervalType", "YearMonthIntervalType",
+                                                      "CalendarIntervalType") if hasattr(T, name))
 
     def walk(data_type, path: str) -> None:
         if isinstance(data_type, unstorable):

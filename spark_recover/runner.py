@@ -226,6 +226,8 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
                                         created=publication.created_tables(lineage))
     if spark is None and (session.attached() or ctx.settings.remote):
         spark = session.get_spark(ctx.settings)  # spark-submit made it, or a Connect server: cheap, says where we run
+    elif spark is None:
+        session.check_buildable()  # before anything is written; the JVM itself starts after the lease
     _check_cluster_storage(ctx, session.master(spark) if spark is not None else
                            ctx.settings.spark.get("spark.master", "local[*]"), targets)
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
-import importlib.metadata
 import json
 import os
 import re
@@ -41,6 +40,7 @@ import weakref
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from . import compat
 from .config import Settings
 from .errors import RefusedError, SessionError
 from .storage import hadoop_confs, is_s3
@@ -48,7 +48,7 @@ from .storage import hadoop_confs, is_s3
 __all__ = ["get_spark", "resolve_delta_jars", "resolve_s3a_jars", "s3a_coordinates", "delta_coordinate", "local_confs",
            "startup_archive", "master", "describe", "attached", "is_connect", "RESULT_SETTINGS", "RESULT_PREFIXES",
            "explicit_settings", "result_settings", "engine_versions", "fingerprint_parts", "carried_settings",
-           "connect_identity", "tag_operations", "untag_operations",
+           "check_buildable", "connect_identity", "tag_operations", "untag_operations",
            "stop_dead_operations", "dead_operations_text", "DEAD_OPERATIONS_WAIT_SECONDS"]
 
 _DELTA_EXTENSION = "io.delta.sql.DeltaSparkSessionExtension"
@@ -91,14 +91,13 @@ _PER_WRITE = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.w
 _ENGINES: "weakref.WeakKeyDictionary[Any, dict[str, str]]" = weakref.WeakKeyDictionary()
 
 
-def delta_coordinate() -> str:
-    """The Maven coordinate of the Delta jar that matches the installed delta-spark."""
-    from delta.pip_utils import configure_spark_with_delta_pip
-    from pyspark.sql import SparkSession
+def delta_coordinate(spark_version: str | None = None) -> str:
+    """The Maven coordinate of the Delta jar for ``spark_version`` (default: the installed pyspark's).
 
-    builder = configure_spark_with_delta_pip(SparkSession.builder)
-    packages = builder._options.get("spark.jars.packages", "")  # set by delta, read back
-    return packages.split(",")[0]
+    From the one table of supported lines (:data:`spark_recover.compat.SPARK_LINES`); an unsupported
+    line is refused (:class:`SessionError`, exit 2) naming the supported ones.
+    """
+    return compat.delta_coordinate(spark_version or compat.pyspark_version())
 
 
 def _cache_dir() -> Path:
@@ -123,9 +122,10 @@ def resolve_delta_jars() -> list[str]:
     >>> any("delta-spark" in j for j in jars)   # doctest: +SKIP
     True
     """
-    spark_v = importlib.metadata.version("pyspark")
-    delta_v = importlib.metadata.version("delta-spark")
-    return _resolved(JARS_ENV, f"jars-spark{spark_v}-delta{delta_v}.json", "--resolve", delta_coordinate())
+    check_buildable()  # a Connect-only client has no Spark to resolve for
+    coordinate = delta_coordinate()
+    return _resolved(JARS_ENV, f"jars-spark{compat.pyspark_version()}-{coordinate.replace(':', '-')}.json",
+                     "--resolve", coordinate)
 
 
 def _hadoop_version() -> str:
@@ -398,12 +398,12 @@ def _check_delta_enabled(spark) -> None:
             f"expected its spark.sql.extensions to include {_DELTA_EXTENSION}, found {extensions or 'nothing'}. "
             "Start the server with Delta: spark-submit --class "
             "org.apache.spark.sql.connect.service.SparkConnectServer "
-            f"--packages {delta_coordinate()} {confs} spark-internal (or --jars \"$(spark-recover jars)\")",
+            f"--packages {delta_coordinate(spark.version)} {confs} spark-internal",
             host=spark.client.host)
     raise SessionError(
         "the active SparkSession has no Delta Lake",
         f"expected spark.sql.extensions to include {_DELTA_EXTENSION}, found "
-        f"{extensions or 'nothing'}. With spark-submit pass --packages {delta_coordinate()} {confs}")
+        f"{extensions or 'nothing'}. With spark-submit pass --packages {delta_coordinate(spark.version)} {confs}")
 
 
 def _needs_s3a(settings: Settings) -> bool:
@@ -423,11 +423,10 @@ def _set_storage_confs(spark, settings: Settings) -> None:
 
 def attached() -> bool:
     """True when a session already exists for this process (spark-submit, a notebook, a test fixture)."""
-    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
-    return (SparkSession.getActiveSession() is not None or SparkContext._active_spark_context is not None
-            or bool(os.environ.get("PYSPARK_GATEWAY_PORT")))
+    return (SparkSession.getActiveSession() is not None or bool(os.environ.get("PYSPARK_GATEWAY_PORT"))
+            or (compat.has_local_spark() and _active_context()))
 
 
 def describe(spark) -> str:
@@ -684,13 +683,24 @@ def carried_settings(settings: Mapping[str, str]) -> dict[str, str]:
             if (k in RESULT_SETTINGS or k.startswith(RESULT_PREFIXES + _CARRIED_PREFIXES)) and k not in _PER_WRITE}
 
 
+def check_buildable() -> None:
+    """Refuse (:class:`SessionError`, exit 2) to build a local session where none can be: only the thin
+    Connect client is installed, or the Spark line has no Delta release (naming the supported lines)."""
+    if not compat.has_local_spark():
+        raise SessionError(
+            "this environment has only the Spark Connect client (no Spark to start locally)",
+            "expected a Spark Connect server to run on: pass --remote sc://HOST:PORT (Python: "
+            "Settings(remote=...)) or set SPARK_REMOTE; or install pyspark for local mode "
+            "(pip install \"spark-recover[local]\")")
+    delta_coordinate()
+
+
 def get_spark(settings: Settings):
     """Return the active SparkSession (checked for Delta), or build a local one.
 
     >>> from spark_recover.config import Settings
     >>> spark = get_spark(Settings())   # doctest: +SKIP
     """
-    from pyspark import SparkContext
     from pyspark.sql import SparkSession
 
     active = SparkSession.getActiveSession()
@@ -701,8 +711,7 @@ def get_spark(settings: Settings):
             raise SessionError(f"could not connect to the Spark Connect server at {settings.remote}",
                                f"expected a server listening there: {str(exc).splitlines()[0]}",
                                remote=settings.remote) from exc
-    if active is None and (SparkContext._active_spark_context is not None
-                           or os.environ.get("PYSPARK_GATEWAY_PORT")):
+    if active is None and compat.has_local_spark() and (_active_context() or os.environ.get("PYSPARK_GATEWAY_PORT")):
         # A context exists (another thread made it) or spark-submit launched us:
         # its configuration is the user's, we only attach to it.
         active = SparkSession.builder.getOrCreate()
@@ -710,6 +719,7 @@ def get_spark(settings: Settings):
         _check_delta_enabled(active)
         _set_storage_confs(active, settings)
         return active
+    check_buildable()
     java, version_text = _check_java()
     jars = resolve_delta_jars() + (resolve_s3a_jars() if _needs_s3a(settings) else [])
     builder = SparkSession.builder
@@ -724,8 +734,13 @@ def get_spark(settings: Settings):
                            f"{exc}" + (f"\nThe JVM's output is in {log}" if log else "")) from exc
 
 
+def _active_context() -> bool:
+    from pyspark import SparkContext  # not in the thin Connect client
+
+    return SparkContext._active_spark_context is not None
+
+
 def _resolve_main(s3a: bool) -> None:
-    from delta.pip_utils import configure_spark_with_delta_pip
     from pyspark.sql import SparkSession
 
     builder = (SparkSession.builder.master("local[1]").appName("spark-recover-resolve")
@@ -736,7 +751,7 @@ def _resolve_main(s3a: bool) -> None:
         if excludes:
             builder = builder.config("spark.jars.excludes", ",".join(excludes))
     else:
-        builder = configure_spark_with_delta_pip(builder)
+        builder = builder.config("spark.jars.packages", delta_coordinate())
     spark = builder.getOrCreate()
     jars = spark.sparkContext.getConf().get("spark.jars", "")
     spark.stop()

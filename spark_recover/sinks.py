@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Mapping, Sequence
 
-from .errors import UsageError
+from .errors import SessionError, UsageError
 from .storage import Target, native_uri, spark_uri
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -225,9 +225,14 @@ def isolated_session(spark, confs: Mapping[str, str], session_id: str | None = N
     >>> with isolated_session(spark, {"spark.databricks.delta.commitInfo.userMetadata": "x"}) as s:   # doctest: +SKIP
     ...     s.sql("RESTORE TABLE delta.`/tmp/t` TO VERSION AS OF 0")
     """
+    from .compat import pyspark_version
     from .session import carried_settings, explicit_settings, is_connect
 
     connect = is_connect(spark)
+    if connect and not hasattr(spark, "cloneSession"):
+        raise SessionError("this Spark Connect client cannot open a session of its own on the server",
+                           "expected pyspark 4.0 or newer (server-side session clones), found "
+                           f"pyspark {pyspark_version()}: connect with a 4.x client, or run without Spark Connect")
     session = spark.cloneSession(session_id) if connect else spark.newSession()
     try:
         if not connect:

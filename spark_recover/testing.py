@@ -55,6 +55,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--connect", action="store_true",
                      help="spark-recover: the `spark` fixture, and the job processes the helpers start, use a "
                      "Spark Connect server started once for the test session (fixture `spark_connect_server`)")
+    parser.addoption("--connect-url", default=None,
+                     help="spark-recover: with --connect, use the Spark Connect server already listening at this "
+                     "sc:// URL instead of starting one (a client-only environment, `make test-compat`)")
 
 
 def free_port() -> int:
@@ -145,8 +148,13 @@ class ConnectServer:
 
 
 @pytest.fixture(scope="session")
-def spark_connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """The ``sc://`` URL of a Spark Connect server with Delta, started once for the test session."""
+def spark_connect_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The ``sc://`` URL of a Spark Connect server with Delta, started once for the test session
+    (``--connect-url``: one already listening)."""
+    given = request.config.getoption("connect_url")
+    if given:
+        yield given
+        return
     server = ConnectServer.start(tmp_path_factory.mktemp("spark-connect"))
     yield server.url
     server.stop()
@@ -220,9 +228,11 @@ def job_env(extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
 
     ``extra`` adds variables; one mapped to ``None`` is removed (``{"SPARK_REMOTE": None}``: a local session).
     """
+    from .compat import has_local_spark
     from .session import resolve_delta_jars
 
-    resolve_delta_jars()  # once, here; children inherit $SPARK_RECOVER_JARS
+    if has_local_spark():  # once, here; children inherit $SPARK_RECOVER_JARS (a Connect-only client has no JVM)
+        resolve_delta_jars()
     env = {**os.environ, "SPARK_RECOVER_CONF": os.environ.get("SPARK_RECOVER_CONF") or _conf_file()}
     env.pop(FAILPOINT_ENV, None)
     for key, value in (extra or {}).items():
