@@ -226,6 +226,8 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
                                         created=publication.created_tables(lineage))
     if spark is None and (session.attached() or ctx.settings.remote):
         spark = session.get_spark(ctx.settings)  # spark-submit made it, or a Connect server: cheap, says where we run
+    if spark is None:  # spark-recover builds the session: a catalog sink needs a catalog that outlives it
+        publication.require_lasting_catalog([t.table for t in targets if t.target.catalog], ctx.settings.spark)
     _check_cluster_storage(ctx, session.master(spark) if spark is not None else
                            ctx.settings.spark.get("spark.master", "local[*]"), targets)
 
