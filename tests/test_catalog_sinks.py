@@ -69,3 +69,12 @@ def test_a_catalog_that_dies_with_the_driver_is_refused(confs, refused):
         require_lasting_catalog(["db.t", "db.u"], confs)
     assert err.value.exit_code == 2 and "db.t, db.u" in str(err.value)
     assert '"spark.sql.catalogImplementation" = "hive"' in err.value.detail
+
+
+def test_a_drill_of_a_catalog_sink_in_an_in_memory_catalog_is_refused_before_any_driver(source_data, tmp_path):
+    root, conf = tmp_path / "root", _conf(tmp_path)
+    done = run_cli("drill", CATALOG_JOB, "-p", f"data={source_data}", "-p", f"out={tmp_path / 'out'}",
+                   "--kills", "1", "--root", str(root), "--conf", conf, env=LOCAL_MODE)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "catalog sink default.spark_recover_regions needs a catalog that outlives the driver" in done.stderr
+    assert not list(root.rglob("_delta_log")) and not (tmp_path / "warehouse").exists()
