@@ -468,9 +468,9 @@ def _publish(ctx: RunContext, spark, targets: list[SinkTarget], lineage: list[Ru
         planned = {"table": st.table, "mode": st.sink.mode, "txn_app_id": decision.app,
                    "txn_version": decision.txn_version, "repeats": decision.repeats, "predicate": st.predicate,
                    "checkpoint": data.checkpoint, "checkpoint_version": data.version}
-        if st.sink.mode == "merge" and session.is_connect(spark):
-            # The MERGE runs in a server session of its own: its id goes in the ledger first, so a
-            # takeover or rollback can stop it there if this client dies mid-MERGE.
+        if (st.sink.mode == "merge" or st.target.catalog) and session.is_connect(spark):
+            # A MERGE (or a catalog table's creation) runs in a server session of its own: its id goes in
+            # the ledger first, so a takeover or rollback can stop it there if this client dies mid-write.
             planned["merge_session"] = str(uuid.uuid4())
         if not st.target.catalog and lease.needs_table_lease(st.table, log_stores):
             lease.take_table(ctx.ledger, ctx.run_id, st.table, lambda at: ctx.log(

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import deltalake
 import pytest
 
 from spark_recover.errors import UsageError
 from spark_recover.job import load_job
 from spark_recover.publication import redirected, redirected_table, require_lasting_catalog, resolve_sinks, \
     scratch_schema
-from spark_recover.storage import Layout
+from spark_recover.sinks import commit_tag
+from spark_recover.storage import Layout, native_uri
 from spark_recover.testing import CHILD_JAVA_OPTIONS, TEST_SPARK_CONFS, run_args, run_cli, runs_of
 
 from conftest import JOBS, LOCAL_MODE
@@ -59,15 +61,28 @@ def test_a_drill_redirects_a_catalog_sink_to_a_scratch_table_of_its_own(tmp_path
     assert redirected_table(sink_root, "cat.db.t").startswith(f"cat.{schema}.t_")  # stays in its catalog
 
 
-@pytest.mark.parametrize("confs,refused", [({}, True), ({"spark.sql.catalogImplementation": "in-memory"}, True),
-                                           ({"spark.sql.catalogImplementation": "hive"}, False)])
-def test_a_catalog_that_dies_with_the_driver_is_refused(confs, refused):
-    if not refused:
-        require_lasting_catalog(["db.t"], confs)
+HIVE = {"spark.sql.catalogImplementation": "hive"}
+URL = "spark.hadoop.javax.jdo.option.ConnectionURL"
+
+
+@pytest.mark.parametrize("confs,shared,why", [
+    ({}, False, "in-memory: the catalog lives in the driver"),
+    ({"spark.sql.catalogImplementation": "in-memory"}, False, "in-memory: the catalog lives in the driver"),
+    (HIVE, False, "Derby's metastore_db in the working directory"),  # Hive's default metastore
+    ({**HIVE, URL: "jdbc:derby:;databaseName=rel/db;create=true"}, False, "Derby's rel/db in the working directory"),
+    ({**HIVE, URL: "jdbc:derby:memory:m;create=true"}, False, "an in-memory Derby metastore dies with the driver"),
+    ({**HIVE, URL: "jdbc:derby:;databaseName=/abs/db;create=true"}, False, None),
+    ({**HIVE, URL: "jdbc:derby:/abs/db;create=true"}, True, "admits one process at a time"),  # a drill
+    ({**HIVE, URL: "jdbc:postgresql://meta/hive"}, True, None),
+    ({**HIVE, "spark.hadoop.hive.metastore.uris": "thrift://meta:9083"}, True, None),
+])
+def test_a_catalog_that_dies_with_the_driver_or_depends_on_the_directory_is_refused(confs, shared, why):
+    if why is None:
+        require_lasting_catalog(["db.t"], confs, shared=shared)
         return
     with pytest.raises(UsageError) as err:
-        require_lasting_catalog(["db.t", "db.u"], confs)
-    assert err.value.exit_code == 2 and "db.t, db.u" in str(err.value)
+        require_lasting_catalog(["db.t", "db.u"], confs, shared=shared)
+    assert err.value.exit_code == 2 and "db.t, db.u" in str(err.value) and why in err.value.detail
     assert '"spark.sql.catalogImplementation" = "hive"' in err.value.detail
 
 
@@ -78,3 +93,52 @@ def test_a_drill_of_a_catalog_sink_in_an_in_memory_catalog_is_refused_before_any
     assert done.returncode == 2, done.stdout + done.stderr
     assert "catalog sink default.spark_recover_regions needs a catalog that outlives the driver" in done.stderr
     assert not list(root.rglob("_delta_log")) and not (tmp_path / "warehouse").exists()
+
+
+def test_a_catalog_sink_in_a_hive_metastore_is_resumed_from_another_directory(source_data, tmp_path):
+    """With a metastore that outlives the driver (Derby at an absolute path), a run killed after its
+    catalog sink's commit is resumed by a new process in another working directory: the resume sees
+    the table, skips the write already made, and publishes the rest."""
+    root = str(tmp_path / "root")
+    conf = _conf(tmp_path, **{"spark.sql.catalogImplementation": "hive",
+                              URL: f"jdbc:derby:;databaseName={tmp_path / 'metastore_db'};create=true",
+                              "spark.driver.extraJavaOptions": f"{CHILD_JAVA_OPTIONS} "
+                                                               f"-Dderby.stream.error.file={tmp_path / 'derby.log'}"})
+    params = {"data": str(source_data), "out": str(tmp_path / "out")}
+    env = {**LOCAL_MODE, "SPARK_RECOVER_FAILPOINT": "store_totals:sink_before"}  # after the catalog sink
+    first = run_cli(*run_args(CATALOG_JOB, root, params, ["--conf", conf]), env=env)
+    assert first.returncode == -9, first.stdout + first.stderr
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    resumed = run_cli(*run_args(CATALOG_JOB, root, params, ["--conf", conf, "--resume"]), env=LOCAL_MODE,
+                      cwd=str(elsewhere))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    dead, run = runs_of(root)
+    sinks = {t.rsplit("/", 1)[-1]: e for t, e in run.sinks.items()}
+    assert run.origin_run_id == dead.run_id and run.status == "succeeded"
+    assert sinks["default.spark_recover_regions"]["skipped_duplicate"] is True
+    assert sinks["store_totals"]["skipped_duplicate"] is False
+    table = deltalake.DeltaTable(str(tmp_path / "warehouse" / "spark_recover_regions"))  # the managed table
+    assert table.version() == 0 and len(table.to_pyarrow_table()) == 4  # one commit: 4 regions, once
+    assert not list(elsewhere.iterdir())  # no metastore_db, no warehouse in the working directory
+
+
+def test_a_catalog_table_a_run_creates_carries_its_tag_and_is_rolled_back(spark, source_data, tmp_path, monkeypatch):
+    """Delta's CREATE TABLE AS SELECT (``saveAsTable`` of a new table) drops the ``userMetadata`` write
+    option: the run's own commit looked like another writer's, and its rollback was refused (exit 3)."""
+    from spark_recover.recovery import rollback
+
+    table = f"default.created_{tmp_path.name[-12:].lower().replace('-', '_')}"
+    monkeypatch.setenv("CATALOG_SINK_TABLE", table)
+    root = str(tmp_path / "root")
+    result = load_job(CATALOG_JOB).run({"data": str(source_data), "out": str(tmp_path / "out")}, root=root,
+                                       spark=spark, echo=False)
+    assert result.ok
+    try:
+        location = spark.sql(f"DESCRIBE DETAIL {table}").first()["location"]
+        [commit] = deltalake.DeltaTable(native_uri(location)).history()
+        assert commit_tag(commit)["run_id"] == result.run_id, commit
+        rollback(result.run_id, root=root, spark=spark, echo=False)
+        assert not spark.catalog.tableExists(table)  # the run created it: dropped
+    finally:
+        spark.sql(f"DROP TABLE IF EXISTS {table}")
