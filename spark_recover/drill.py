@@ -24,9 +24,11 @@ through the catalog. Each trial registers it on a copy of the real table's
 files (or leaves it absent, as the real one was); the rows and the history are
 read from where the catalog says its files are; the scratch schema is dropped
 at the end. The catalog must be one the drill and every driver process share
-and that outlives them: a Spark Connect server's (``--remote``), or a
-metastore (``spark.sql.catalogImplementation=hive`` in the conf file's
-``[spark]`` section); Spark's default in-memory catalog is refused (exit 2).
+and that outlives them: a Spark Connect server's (``--remote``), or a Hive
+metastore server (``spark.sql.catalogImplementation=hive`` in the conf file's
+``[spark]`` section); Spark's default in-memory catalog, and an embedded Derby
+metastore (one process at a time), are refused (exit 2):
+:func:`spark_recover.publication.catalog_problem`.
 """
 
 from __future__ import annotations
@@ -168,7 +170,7 @@ class Scratch:
         from .session import get_spark
 
         if not self.settings.remote:  # the drivers build their own sessions: the catalog must outlive them
-            require_lasting_catalog(tables, self.settings.spark)
+            require_lasting_catalog(tables, self.settings.spark, shared=True)
         spark = get_spark(self.settings)
         for schema in self.schemas():
             session_catalog = "." not in schema or schema.startswith("spark_catalog.")

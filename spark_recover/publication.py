@@ -22,6 +22,7 @@ feeds it what the ledger and the tables say.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from dataclasses import dataclass
 from typing import Any, Collection, Iterable, Mapping, Sequence
@@ -34,7 +35,7 @@ from .retention import interval_days
 from .storage import Layout, Target, canonical
 
 __all__ = ["SinkTarget", "Prior", "Decision", "app_id", "redirected", "scratch_schema", "redirected_table",
-           "require_lasting_catalog", "resolve_sinks", "priors", "data_identity", "decide",
+           "catalog_problem", "require_lasting_catalog", "resolve_sinks", "priors", "data_identity", "decide",
            "recovery_point", "taken_versions", "created_tables", "TXN_RETENTION", "writers",
            "txn_retention_warning", "check_txn_retention"]
 
@@ -104,19 +105,58 @@ def redirected_table(sink_root: str, name: str) -> str:
     return ".".join([*parts[:-2], scratch_schema(sink_root), f"{table}_{digest(name.lower(), 8)}"])
 
 
-#: What makes a catalog outlive the driver process when spark-recover builds the session itself.
-LASTING_CATALOG = ("spark.sql.catalogImplementation", "hive")
+_CATALOG_KIND = "spark.sql.catalogImplementation"
+_METASTORE_URL = "spark.hadoop.javax.jdo.option.ConnectionURL"
+_METASTORE_SERVER = "spark.hadoop.hive.metastore.uris"
+_DERBY_DEFAULT = "jdbc:derby:;databaseName=metastore_db;create=true"  # Hive's, relative to the working directory
 
 
-def require_lasting_catalog(tables: Sequence[str], spark_confs: Mapping[str, str]) -> None:
-    """Refuse catalog sinks (:class:`UsageError`, exit 2) when the session spark-recover builds
-    itself would keep its catalog in memory (Spark's default): it dies with the driver, so a
-    resume (a new process) would not find the table its run created, nor roll it back.
+def catalog_problem(spark_confs: Mapping[str, str], *, shared: bool = False) -> str | None:
+    """Why the catalog of a session built from ``spark_confs`` cannot hold a sink (``None``: it can).
 
-    ``tables`` are the catalog sinks; ``spark_confs`` the ``[spark]`` section of the settings.
+    A sink's catalog must outlive the driver and be the same from any working
+    directory: a resume is a new process, maybe elsewhere. ``shared``: other
+    processes open it at the same time (a drill beside its drivers), which an
+    embedded Derby metastore refuses.
+
+    >>> catalog_problem({})
+    'spark.sql.catalogImplementation=in-memory: the catalog lives in the driver and dies with it'
+    >>> hive = {"spark.sql.catalogImplementation": "hive"}
+    >>> print(catalog_problem(hive))
+    the Hive metastore is Derby's metastore_db in the working directory: a process elsewhere would not see it
+    >>> derby = {**hive, "spark.hadoop.javax.jdo.option.ConnectionURL": "jdbc:derby:;databaseName=/m/db;create=true"}
+    >>> catalog_problem(derby) is None, catalog_problem(derby, shared=True)[:45]
+    (True, 'an embedded Derby metastore (jdbc:derby:;data')
+    >>> catalog_problem({**hive, "spark.hadoop.hive.metastore.uris": "thrift://meta:9083"}, shared=True) is None
+    True
+    """
+    found = spark_confs.get(_CATALOG_KIND, "in-memory")
+    if found != "hive":
+        return f"{_CATALOG_KIND}={found}: the catalog lives in the driver and dies with it"
+    url = spark_confs.get(_METASTORE_URL, _DERBY_DEFAULT)
+    if spark_confs.get(_METASTORE_SERVER) or not url.startswith("jdbc:derby:") or url.startswith("jdbc:derby://"):
+        return None  # a metastore server, or a database server
+    head, *attributes = url[len("jdbc:derby:"):].split(";")
+    name = head or dict(a.split("=", 1) for a in attributes if "=" in a).get("databaseName", "")
+    if name.startswith("memory:"):
+        return f"{_METASTORE_URL}={url}: an in-memory Derby metastore dies with the driver"
+    if not os.path.isabs(name.removeprefix("directory:")):
+        return (f"the Hive metastore is Derby's {name or 'metastore_db'} in the working directory: a process "
+                "elsewhere would not see it")
+    if shared:
+        return (f"an embedded Derby metastore ({url}) admits one process at a time, the drill and its "
+                "drivers are several")
+    return None
+
+
+def require_lasting_catalog(tables: Sequence[str], spark_confs: Mapping[str, str], *, shared: bool = False) -> None:
+    """Refuse catalog sinks (:class:`UsageError`, exit 2) in a session spark-recover would build
+    from ``spark_confs`` (the settings' ``[spark]`` section) whose catalog cannot hold them
+    (:func:`catalog_problem`): Spark's default in-memory catalog dies with the driver, so a resume
+    (a new process) would not find the table its run created, nor could a rollback drop it.
+
     An attached session (spark-submit, a notebook, Spark Connect) is used as it is: not checked.
 
-    >>> require_lasting_catalog(["db.t"], {"spark.sql.catalogImplementation": "hive"})
     >>> require_lasting_catalog([], {})
     >>> require_lasting_catalog(["db.t"], {})  # doctest: +ELLIPSIS
     Traceback (most recent call last):
@@ -124,17 +164,16 @@ def require_lasting_catalog(tables: Sequence[str], spark_confs: Mapping[str, str
     """
     from .errors import UsageError
 
-    key, value = LASTING_CATALOG
-    found = spark_confs.get(key, "in-memory")
-    if tables and found != value:
+    problem = catalog_problem(spark_confs, shared=shared) if tables else None
+    if problem is not None:
         raise UsageError(
             f"catalog sink {', '.join(tables)} needs a catalog that outlives the driver",
-            f"the session spark-recover builds has {key}={found}: its catalog dies with the process, so a "
-            f"resume or rollback (a new process) would not find the table. Set \"{key}\" = \"{value}\" in the "
-            "conf file's [spark] section (with a metastore every process reaches, e.g. "
-            "spark.hadoop.javax.jdo.option.ConnectionURL), or run in a session that has a persistent catalog "
-            "(spark-submit or Databricks with a metastore, a Spark Connect server: --remote)",
-            tables=list(tables), found=found)
+            f"{problem}. Set \"{_CATALOG_KIND}\" = \"hive\" in the conf file's [spark] section, with a "
+            f"metastore every process reaches from any directory (\"{_METASTORE_URL}\" = "
+            "\"jdbc:derby:;databaseName=/absolute/path/metastore_db;create=true\", a database, or a metastore "
+            f"server: \"{_METASTORE_SERVER}\"; a drill needs a server), or run in a session that has a persistent "
+            "catalog (spark-submit or Databricks with a metastore, a Spark Connect server: --remote)",
+            tables=list(tables), problem=problem)
 
 
 def resolve_sinks(job: Job, params: Mapping[str, Any], layout: Layout, sink_root: str | None = None,
