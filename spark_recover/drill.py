@@ -191,7 +191,7 @@ class Scratch:
         return physical_uri(self.spark, self.targets[scratch])
 
     def close(self) -> None:
-        """Drop the scratch schemas, and with them every scratch catalog table (their files stay in the drill's folder)."""
+        """Drop the scratch schemas with their tables (the files stay in the drill's folder)."""
         for schema in self.schemas():
             self.spark.sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 

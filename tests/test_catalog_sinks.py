@@ -29,6 +29,16 @@ def _conf(tmp_path: Path, **spark: str) -> str:
     return str(path)
 
 
+@pytest.fixture
+def catalog_table(spark, tmp_path, monkeypatch):
+    """The catalog job's sink table, in a schema of the test's own whose files are under ``tmp_path``."""
+    schema = f"test_{tmp_path.name[-12:].lower().replace('-', '_')}"
+    spark.sql(f"CREATE SCHEMA {schema} LOCATION '{tmp_path / 'catalog'}'")
+    monkeypatch.setenv("CATALOG_SINK_TABLE", f"{schema}.regions")
+    yield f"{schema}.regions"
+    spark.sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
 def test_catalog_sink_in_a_self_built_in_memory_catalog_is_refused(source_data, tmp_path):
     """Spark's in-memory catalog dies with the driver: a resume (a new process) could not see the
     table the run created. A run with a catalog sink is refused before it writes anything."""
@@ -123,22 +133,34 @@ def test_a_catalog_sink_in_a_hive_metastore_is_resumed_from_another_directory(so
     assert not list(elsewhere.iterdir())  # no metastore_db, no warehouse in the working directory
 
 
-def test_a_catalog_table_a_run_creates_carries_its_tag_and_is_rolled_back(spark, source_data, tmp_path, monkeypatch):
+def test_a_catalog_table_a_run_creates_carries_its_tag_and_is_rolled_back(spark, source_data, tmp_path,
+                                                                           catalog_table):
     """Delta's CREATE TABLE AS SELECT (``saveAsTable`` of a new table) drops the ``userMetadata`` write
     option: the run's own commit looked like another writer's, and its rollback was refused (exit 3)."""
     from spark_recover.recovery import rollback
 
-    table = f"default.created_{tmp_path.name[-12:].lower().replace('-', '_')}"
-    monkeypatch.setenv("CATALOG_SINK_TABLE", table)
     root = str(tmp_path / "root")
     result = load_job(CATALOG_JOB).run({"data": str(source_data), "out": str(tmp_path / "out")}, root=root,
                                        spark=spark, echo=False)
     assert result.ok
-    try:
-        location = spark.sql(f"DESCRIBE DETAIL {table}").first()["location"]
-        [commit] = deltalake.DeltaTable(native_uri(location)).history()
-        assert commit_tag(commit)["run_id"] == result.run_id, commit
-        rollback(result.run_id, root=root, spark=spark, echo=False)
-        assert not spark.catalog.tableExists(table)  # the run created it: dropped
-    finally:
-        spark.sql(f"DROP TABLE IF EXISTS {table}")
+    location = spark.sql(f"DESCRIBE DETAIL {catalog_table}").first()["location"]
+    [commit] = deltalake.DeltaTable(native_uri(location)).history()
+    assert commit_tag(commit)["run_id"] == result.run_id, commit
+    rollback(result.run_id, root=root, spark=spark, echo=False)
+    assert not spark.catalog.tableExists(catalog_table)  # the run created it: dropped
+
+
+def test_a_rollback_in_a_session_whose_catalog_cannot_see_the_runs_table_is_refused(spark, source_data, tmp_path,
+                                                                                      catalog_table):
+    """A run from an attached session (a notebook) wrote a catalog table; `spark-recover rollback` from
+    the command line builds a session of its own, whose in-memory catalog does not hold that table (it
+    said "already at its recovery point" and succeeded). It is refused (exit 2, nothing changed)."""
+    root = str(tmp_path / "root")
+    result = load_job(CATALOG_JOB).run({"data": str(source_data), "out": str(tmp_path / "out")}, root=root,
+                                       spark=spark, echo=False)
+    assert result.ok and spark.catalog.tableExists(catalog_table)
+    done = run_cli("rollback", result.run_id, "--root", root, "--conf", _conf(tmp_path), env=LOCAL_MODE)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"catalog sink {catalog_table} needs a catalog that outlives the driver" in done.stderr
+    assert spark.catalog.tableExists(catalog_table) and not runs_of(root)[-1].rolled_back  # nothing changed
+    assert deltalake.DeltaTable(str(tmp_path / "out" / "store_totals")).version() == 0
