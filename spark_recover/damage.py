@@ -188,10 +188,11 @@ class _Cases:
         run = area.runs(root)[-1]
         gone = {}
         for table, point in (run.recovery_point or {}).items():
-            if point.get("exists") and point.get("version") is not None:
-                files = set(_files(area, table, int(point["version"]))) - set(_files(area, table))
+            location = area.location(table)  # a catalog table's files are where the catalog says
+            if point.get("exists") and point.get("version") is not None and location is not None:
+                files = set(_files(area, location, int(point["version"]))) - set(_files(area, location))
                 for path in files:  # what VACUUM removes: files no longer in the current version
-                    _remove(area, f"{table}/{path}")
+                    _remove(area, f"{location}/{path}")
                 if files:
                     gone[table] = len(files)
         case = Case("sink-point-vacuumed", "", f"rollback {run.run_id}", "not applicable", None, "")
@@ -202,13 +203,14 @@ class _Cases:
         names = {scratch: table for table, scratch in area.tables.items()}
         case.damage = "removed " + ", ".join(f"{n} file(s) of {names.get(t, t)}'s recovery point"
                                              for t, n in gone.items())
-        versions = {t: area.store.delta(t).version() for t in gone}
+        versions = {t: area.store.delta(area.location(t)).version() for t in gone}
         code, err, _ = area.finish(area.start_command(["rollback", run.run_id, "--root", root]))
         case.exit_code = code
         if code == 0:
             case.outcome, case.error = "failed", "rollback reported success over a vacuumed recovery point"
             return case
-        return self._refusal(case, err, unchanged=versions == {t: area.store.delta(t).version() for t in gone})
+        return self._refusal(case, err, unchanged=versions == {t: area.store.delta(area.location(t)).version()
+                                                                       for t in gone})
 
     @staticmethod
     def _refusal(case: Case, err: str, unchanged: bool) -> Case:

@@ -16,6 +16,19 @@ from a fresh working directory.
 Nothing touches the user's tables: every path sink is redirected under the
 drill's own folder (``<root>/drills/<id>/sinks``), which starts each trial as
 a copy of the sink tables' current state. Each trial has its own root.
+
+A catalog sink (``table="db.daily"``) is redirected to a catalog table of the
+drill's own, ``[catalog.]spark_recover_drill_<digest>.daily_<digest>``
+(:func:`spark_recover.publication.redirected_table`), so the drivers still write
+through the catalog. Each trial registers it on a copy of the real table's
+files (or leaves it absent, as the real one was); the rows and the history are
+read from where the catalog says its files are; the scratch schema is dropped
+at the end. The catalog must be one the drill and every driver process share
+and that outlives them: a Spark Connect server's (``--remote``), or a Hive
+metastore server (``spark.sql.catalogImplementation=hive`` in the conf file's
+``[spark]`` section); Spark's default in-memory catalog, and an embedded Derby
+metastore (one process at a time), are refused (exit 2):
+:func:`spark_recover.publication.catalog_problem`.
 """
 
 from __future__ import annotations
@@ -40,9 +53,9 @@ from .errors import RecoverError, RefusedError, StageError, UsageError
 from .failpoints import ENV as FAILPOINT_ENV
 from .job import Job, load_job
 from .ledger import Ledger, RunRecord
-from .publication import redirected, resolve_sinks
-from .sinks import commit_tag
-from .storage import Layout, canonical, read_delta
+from .publication import require_lasting_catalog, resolve_sinks
+from .sinks import commit_tag, fill_predicate, physical_uri
+from .storage import Layout, canonical, read_delta, spark_uri
 
 __all__ = ["Trial", "drill", "drill_text", "clean_run_error", "sink_commits", "SECOND_KILL_SHARE"]
 
@@ -127,7 +140,10 @@ class Scratch:
         self.base = f"{user.root}/drills/{stamp}"
         self.store = Layout.at(self.base, settings.storage_options)
         self.sink_root = f"{self.base}/sinks"
-        self.tables = {t.table: redirected(self.sink_root, t.table) for t in resolve_sinks(job, params, user)}
+        real, scratch = (resolve_sinks(job, params, user, root) for root in (None, self.sink_root))
+        self.tables = {r.table: s.table for r, s in zip(real, scratch)}  # each sink table: its scratch copy
+        self.targets = {s.table: s.target for s in scratch}
+        self.spark = self._catalog_session([r.table for r in real if r.target.catalog])
         if settings.remote:  # the driver processes are Connect clients of the same server: no JVM, no jars
             env = {**(env or {}), "SPARK_REMOTE": settings.remote}
         else:
@@ -139,20 +155,65 @@ class Scratch:
         self.env.pop(FAILPOINT_ENV, None)
         self.initial = {}
         self.initial_state: tuple[dict[str, Counter], dict[str, bool]] = ({}, {})  # set after the first reset
-        for table, scratch in self.tables.items():  # the sink tables' current state, copied once
-            if self.store.is_delta(table):
-                self.initial[scratch] = f"{self.base}/initial/{scratch.rsplit('/', 1)[-1]}"
-                self.store.copy_tree(table, self.initial[scratch])
+        for r, s in zip(real, scratch):  # the sink tables' current state, copied once
+            location = physical_uri(self.spark, r.target)  # a catalog table's from the catalog (None: absent)
+            if location is not None and self.store.is_delta(location):
+                self.initial[s.table] = f"{self.base}/initial/{self.folder(s.table).rsplit('/', 1)[-1]}"
+                self.store.copy_tree(location, self.initial[s.table])
+
+    def _catalog_session(self, tables: list[str]):
+        """A session on the catalog the driver processes write (``None``: no catalog sink), with the
+        drill's scratch schemas created; managed scratch tables of the session catalog go under the
+        sink root, so each trial's reset removes them whole."""
+        if not tables:
+            return None
+        from .session import get_spark
+
+        if not self.settings.remote:  # the drivers build their own sessions: the catalog must outlive them
+            require_lasting_catalog(tables, self.settings.spark, shared=True)
+        spark = get_spark(self.settings)
+        for schema in self.schemas():
+            session_catalog = "." not in schema or schema.startswith("spark_catalog.")
+            where = fill_predicate(" LOCATION '{uri}'", {"uri": spark_uri(f"{self.sink_root}/catalog")})
+            spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema}{where if session_catalog else ''}")
+        return spark
+
+    def schemas(self) -> list[str]:
+        """The scratch schemas (``[catalog.]schema``) of the catalog sinks."""
+        return sorted({name.rsplit(".", 1)[0] for name, target in self.targets.items() if target.catalog})
+
+    def folder(self, scratch: str) -> str:
+        """Where a scratch table's files start a trial: the path itself, or a catalog table's own folder."""
+        return f"{self.sink_root}/tables/{scratch.rsplit('.', 1)[-1]}" if self.targets[scratch].catalog else scratch
+
+    def location(self, scratch: str) -> str | None:
+        """Where a scratch table's files are now (``None``: a catalog table that does not exist)."""
+        return physical_uri(self.spark, self.targets[scratch])
+
+    def close(self) -> None:
+        """Drop the scratch schemas with their tables (the files stay in the drill's folder)."""
+        for schema in self.schemas():
+            self.spark.sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
 
     def exists(self) -> dict[str, bool]:
-        return {table: self.store.is_delta(scratch) for table, scratch in self.tables.items()}
+        return {table: self._delta_at(scratch) is not None for table, scratch in self.tables.items()}
+
+    def _delta_at(self, scratch: str) -> str | None:
+        location = self.location(scratch)
+        return location if location is not None and self.store.is_delta(location) else None
 
     def reset(self) -> None:
-        """Every scratch sink table back to the copy of the real one."""
+        """Every scratch sink table back to the copy of the real one (a catalog table registered at its copy)."""
+        for scratch, target in self.targets.items():
+            if target.catalog:  # its files go with the folder below
+                self.spark.sql(f"DROP TABLE IF EXISTS {scratch}")
         if self.store.entries(self.sink_root) is not None:
             self.store.delete_tree(self.sink_root)
         for scratch, copy in self.initial.items():
-            self.store.copy_tree(copy, scratch)
+            self.store.copy_tree(copy, self.folder(scratch))
+            if self.targets[scratch].catalog:
+                self.spark.sql(fill_predicate(f"CREATE TABLE {scratch} USING DELTA LOCATION '{{uri}}'",
+                                              {"uri": spark_uri(self.folder(scratch))}))
 
     def start(self, root: str, resume: bool, env: Mapping[str, str] | None = None,
               cwd: str | None = None) -> subprocess.Popen:
@@ -187,14 +248,15 @@ class Scratch:
     def contents(self) -> dict[str, Counter]:
         out = {}
         for table, scratch in self.tables.items():
-            rows = read_delta(scratch, storage_options=self.settings.storage_options).to_pylist() \
-                if self.store.is_delta(scratch) else []
+            location = self._delta_at(scratch)
+            rows = read_delta(location, storage_options=self.settings.storage_options).to_pylist() \
+                if location is not None else []
             out[table] = Counter(_freeze(r) for r in rows)
         return out
 
     def histories(self) -> dict[str, list[dict[str, Any]]]:
         """Each scratch sink table's Delta history (empty: no table)."""
-        return {scratch: self.store.delta(scratch).history() if self.store.is_delta(scratch) else []
+        return {scratch: self.store.delta(location).history() if (location := self._delta_at(scratch)) else []
                 for scratch in self.tables.values()}
 
     def runs(self, root: str) -> list[RunRecord]:
@@ -283,68 +345,72 @@ def drill(job_file: str, params: Mapping[str, str] | None = None, *, kills: int 
     settings = settings or load_settings(root=root, project=job.project)
     params = dict(params or {})
     area = Scratch(job_file, job, params, settings, env, say)
-    say(f"drill of job {job.name} ({kills} kills, seed {seed}); sinks redirected to {area.sink_root}")
+    try:
+        say(f"drill of job {job.name} ({kills} kills, seed {seed}); sinks redirected to {area.sink_root}"
+            + "".join(f", catalog sinks to schema {schema}" for schema in area.schemas()))
 
-    area.reset()
-    area.initial_state = (area.contents(), area.exists())
-    started = time.monotonic()
-    clean = area.start(f"{area.base}/clean", resume=False)
-    out, err = clean.communicate()
-    clean_seconds = time.monotonic() - started
-    if clean.returncode != 0:  # a failed run says why on stdout, a crash on stderr
-        raise clean_run_error(clean.returncode, err if err.strip() else out)
-    reference = area.contents()
-    [clean_run] = area.runs(f"{area.base}/clean")
-    computed = {s.name: s.seconds or 0.0 for s in clean_run.stages.values()}
-    worst = max(computed, key=computed.get)
-    say(f"clean run: {clean_seconds:.1f}s as a fresh driver process; "
-        f"{sum(len(c) for c in reference.values()):,} sink rows in {len(reference)} table(s)")
+        area.reset()
+        area.initial_state = (area.contents(), area.exists())
+        started = time.monotonic()
+        clean = area.start(f"{area.base}/clean", resume=False)
+        out, err = clean.communicate()
+        clean_seconds = time.monotonic() - started
+        if clean.returncode != 0:  # a failed run says why on stdout, a crash on stderr
+            raise clean_run_error(clean.returncode, err if err.strip() else out)
+        reference = area.contents()
+        [clean_run] = area.runs(f"{area.base}/clean")
+        computed = {s.name: s.seconds or 0.0 for s in clean_run.stages.values()}
+        worst = max(computed, key=computed.get)
+        say(f"clean run: {clean_seconds:.1f}s as a fresh driver process; "
+            f"{sum(len(c) for c in reference.values()):,} sink rows in {len(reference)} table(s)")
 
-    cases = []
-    if damage:
-        from .damage import run_cases
+        cases = []
+        if damage:
+            from .damage import run_cases
 
-        say("damaged state: each case on a copy of a crashed run's state, then the operator's next command")
-        cases = run_cases(area, list(clean_run.stages), reference, say)
+            say("damaged state: each case on a copy of a crashed run's state, then the operator's next command")
+            cases = run_cases(area, list(clean_run.stages), reference, say)
 
-    trials: list[Trial] = []
-    rollback_budget = None  # seconds: the first rollback is timed, later ones killed within that time
-    for number in range(1, kills + 1):
-        t = _trial(area, number, seed + number - 1, clean_seconds, reference, recover)
-        if with_rollback and t.error is None:
-            _rollback(area, t, rollback_budget)
-            rollback_budget = rollback_budget or t.rollback_seconds
-        trials.append(t)
-        say(f"  trial {number}: kill at {_num(t.kill_at)}s in {t.hit}; {t.resumes} resume(s), "
-            f"{t.recovery_seconds:.1f}s; duplicates {t.duplicates}, missing {t.missing}, extra {t.extra}"
-            + ("; rollback" + (f" killed at {_num(t.rollback_kill_at)}s ({t.rollback_hit})"
-                                if t.rollback_kill_at is not None else "") +
-               f", {t.rollback_attempts} attempt(s), {t.rollback_wrong_rows} row(s) off the recovery point"
-               if t.rollback_attempts else "")
-            + (f"; {t.error}" if t.error else "") + ("" if t.ok else "  <- FAILED"))
-    failing = [t for t in trials if not t.ok]
-    broken = [c for c in cases if not c.ok]
-    summary = _summary(trials, computed, worst)
-    if damage:
-        summary["damage_cases"] = len(cases)
-        summary["damage_failed"] = len(broken)
-    if failing:
-        verdict = f"FAIL: trial {failing[0].number} (reproduce with --seed {failing[0].seed} --kills 1)"
-    elif broken:
-        verdict = f"FAIL: damaged state {broken[0].name}: {broken[0].error}"
-    else:
-        verdict = "PASS: " + ", ".join(
-            (["every trial recovered with no row lost, duplicated or extra, and every sink committed once"]
-             if trials else [])
-            + (["every rollback matched its recovery point"] if with_rollback else [])
-            + (["every damaged state was recomputed or refused plainly"] if damage else []))
-    report = {"job": job.name, "job_file": job_file, "params": params, "seed": seed,
-              "ok": not failing and not broken, "verdict": verdict,
-              "failing_seed": failing[0].seed if failing else None,
-              "clean_seconds": round(clean_seconds, 3), "drill_root": area.base,
-              "sinks_redirected": area.tables, "summary": summary, "trials": [asdict(t) for t in trials],
-              "damage": [{**asdict(c), "ok": c.ok} for c in cases]}
-    return report
+        trials: list[Trial] = []
+        rollback_budget = None  # seconds: the first rollback is timed, later ones killed within that time
+        for number in range(1, kills + 1):
+            t = _trial(area, number, seed + number - 1, clean_seconds, reference, recover)
+            if with_rollback and t.error is None:
+                _rollback(area, t, rollback_budget)
+                rollback_budget = rollback_budget or t.rollback_seconds
+            trials.append(t)
+            say(f"  trial {number}: kill at {_num(t.kill_at)}s in {t.hit}; {t.resumes} resume(s), "
+                f"{t.recovery_seconds:.1f}s; duplicates {t.duplicates}, missing {t.missing}, extra {t.extra}"
+                + ("; rollback" + (f" killed at {_num(t.rollback_kill_at)}s ({t.rollback_hit})"
+                                    if t.rollback_kill_at is not None else "") +
+                   f", {t.rollback_attempts} attempt(s), {t.rollback_wrong_rows} row(s) off the recovery point"
+                   if t.rollback_attempts else "")
+                + (f"; {t.error}" if t.error else "") + ("" if t.ok else "  <- FAILED"))
+        failing = [t for t in trials if not t.ok]
+        broken = [c for c in cases if not c.ok]
+        summary = _summary(trials, computed, worst)
+        if damage:
+            summary["damage_cases"] = len(cases)
+            summary["damage_failed"] = len(broken)
+        if failing:
+            verdict = f"FAIL: trial {failing[0].number} (reproduce with --seed {failing[0].seed} --kills 1)"
+        elif broken:
+            verdict = f"FAIL: damaged state {broken[0].name}: {broken[0].error}"
+        else:
+            verdict = "PASS: " + ", ".join(
+                (["every trial recovered with no row lost, duplicated or extra, and every sink committed once"]
+                 if trials else [])
+                + (["every rollback matched its recovery point"] if with_rollback else [])
+                + (["every damaged state was recomputed or refused plainly"] if damage else []))
+        report = {"job": job.name, "job_file": job_file, "params": params, "seed": seed,
+                  "ok": not failing and not broken, "verdict": verdict,
+                  "failing_seed": failing[0].seed if failing else None,
+                  "clean_seconds": round(clean_seconds, 3), "drill_root": area.base,
+                  "sinks_redirected": area.tables, "summary": summary, "trials": [asdict(t) for t in trials],
+                  "damage": [{**asdict(c), "ok": c.ok} for c in cases]}
+        return report
+    finally:
+        area.close()  # the scratch schemas, if any
 
 
 def clean_run_error(code: int, output: str) -> RecoverError:

@@ -22,6 +22,8 @@ feeds it what the ledger and the tables say.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import re
 from dataclasses import dataclass
 from typing import Any, Collection, Iterable, Mapping, Sequence
 
@@ -32,7 +34,8 @@ from .ledger import RunRecord
 from .retention import interval_days
 from .storage import Layout, Target, canonical
 
-__all__ = ["SinkTarget", "Prior", "Decision", "app_id", "redirected", "resolve_sinks", "priors", "data_identity", "decide",
+__all__ = ["SinkTarget", "Prior", "Decision", "app_id", "redirected", "scratch_schema", "redirected_table",
+           "catalog_problem", "require_lasting_catalog", "resolve_sinks", "priors", "data_identity", "decide",
            "recovery_point", "taken_versions", "created_tables", "TXN_RETENTION", "writers",
            "txn_retention_warning", "check_txn_retention"]
 
@@ -69,6 +72,110 @@ def redirected(sink_root: str, location: str) -> str:
     return f"{sink_root.rstrip('/')}/{name}-{digest(canonical(location), 8)}"
 
 
+def scratch_schema(sink_root: str) -> str:
+    """The catalog schema a drill writing under ``sink_root`` redirects its catalog sinks to.
+
+    A pure function of the sink root, so the drill and its driver processes (which get
+    the sink root through ``$SPARK_RECOVER_SINK_ROOT``) name the same schema.
+
+    >>> scratch_schema("/tmp/drill/sinks") == scratch_schema("file:///tmp/drill/sinks/")
+    True
+    >>> scratch_schema("/tmp/drill/sinks").startswith("spark_recover_drill_")
+    True
+    """
+    return f"spark_recover_drill_{digest(canonical(sink_root), 12)}"
+
+
+def redirected_table(sink_root: str, name: str) -> str:
+    """Where a drill writes the catalog table ``name`` (``[catalog.]schema.table``): a table of its
+    own in the drill's scratch schema, in the same catalog (so it is written the same way).
+
+    The table's name keeps the original's (readable in the drill's report) and a digest of the
+    whole name (two schemas' ``daily`` stay apart). Spark's names ignore case.
+
+    >>> redirected_table("/tmp/drill/sinks", "sales.Daily")
+    'spark_recover_drill_74e36dbfdb13.daily_ff9c10e3'
+    >>> redirected_table("/tmp/drill/sinks", "main.sales.daily")
+    'main.spark_recover_drill_74e36dbfdb13.daily_866f5000'
+    >>> redirected_table("/tmp/drill/sinks", "daily").count(".")
+    1
+    """
+    parts = [p.strip("`") for p in name.split(".")]
+    table = re.sub(r"\W", "_", parts[-1].lower())
+    return ".".join([*parts[:-2], scratch_schema(sink_root), f"{table}_{digest(name.lower(), 8)}"])
+
+
+_CATALOG_KIND = "spark.sql.catalogImplementation"
+_METASTORE_URL = "spark.hadoop.javax.jdo.option.ConnectionURL"
+_METASTORE_SERVER = "spark.hadoop.hive.metastore.uris"
+_DERBY_DEFAULT = "jdbc:derby:;databaseName=metastore_db;create=true"  # Hive's, relative to the working directory
+
+
+def catalog_problem(spark_confs: Mapping[str, str], *, shared: bool = False) -> str | None:
+    """Why the catalog of a session built from ``spark_confs`` cannot hold a sink (``None``: it can).
+
+    A sink's catalog must outlive the driver and be the same from any working
+    directory: a resume is a new process, maybe elsewhere. ``shared``: other
+    processes open it at the same time (a drill beside its drivers), which an
+    embedded Derby metastore refuses.
+
+    >>> catalog_problem({})
+    'spark.sql.catalogImplementation=in-memory: the catalog lives in the driver and dies with it'
+    >>> hive = {"spark.sql.catalogImplementation": "hive"}
+    >>> print(catalog_problem(hive))
+    the Hive metastore is Derby's metastore_db in the working directory: a process elsewhere would not see it
+    >>> derby = {**hive, "spark.hadoop.javax.jdo.option.ConnectionURL": "jdbc:derby:;databaseName=/m/db;create=true"}
+    >>> catalog_problem(derby) is None, catalog_problem(derby, shared=True)[:45]
+    (True, 'an embedded Derby metastore (jdbc:derby:;data')
+    >>> catalog_problem({**hive, "spark.hadoop.hive.metastore.uris": "thrift://meta:9083"}, shared=True) is None
+    True
+    """
+    found = spark_confs.get(_CATALOG_KIND, "in-memory")
+    if found != "hive":
+        return f"{_CATALOG_KIND}={found}: the catalog lives in the driver and dies with it"
+    url = spark_confs.get(_METASTORE_URL, _DERBY_DEFAULT)
+    if spark_confs.get(_METASTORE_SERVER) or not url.startswith("jdbc:derby:") or url.startswith("jdbc:derby://"):
+        return None  # a metastore server, or a database server
+    head, *attributes = url[len("jdbc:derby:"):].split(";")
+    name = head or dict(a.split("=", 1) for a in attributes if "=" in a).get("databaseName", "")
+    if name.startswith("memory:"):
+        return f"{_METASTORE_URL}={url}: an in-memory Derby metastore dies with the driver"
+    if not os.path.isabs(name.removeprefix("directory:")):
+        return (f"the Hive metastore is Derby's {name or 'metastore_db'} in the working directory: a process "
+                "elsewhere would not see it")
+    if shared:
+        return (f"an embedded Derby metastore ({url}) admits one process at a time, the drill and its "
+                "drivers are several")
+    return None
+
+
+def require_lasting_catalog(tables: Sequence[str], spark_confs: Mapping[str, str], *, shared: bool = False) -> None:
+    """Refuse catalog sinks (:class:`UsageError`, exit 2) in a session spark-recover would build
+    from ``spark_confs`` (the settings' ``[spark]`` section) whose catalog cannot hold them
+    (:func:`catalog_problem`): Spark's default in-memory catalog dies with the driver, so a resume
+    (a new process) would not find the table its run created, nor could a rollback drop it.
+
+    An attached session (spark-submit, a notebook, Spark Connect) is used as it is: not checked.
+
+    >>> require_lasting_catalog([], {})
+    >>> require_lasting_catalog(["db.t"], {})  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    spark_recover.errors.UsageError: catalog sink db.t needs a catalog that outlives the driver: ...
+    """
+    from .errors import UsageError
+
+    problem = catalog_problem(spark_confs, shared=shared) if tables else None
+    if problem is not None:
+        raise UsageError(
+            f"catalog sink {', '.join(tables)} needs a catalog that outlives the driver",
+            f"{problem}. Set \"{_CATALOG_KIND}\" = \"hive\" in the conf file's [spark] section, with a "
+            f"metastore every process reaches from any directory (\"{_METASTORE_URL}\" = "
+            "\"jdbc:derby:;databaseName=/absolute/path/metastore_db;create=true\", a database, or a metastore "
+            f"server: \"{_METASTORE_SERVER}\"; a drill needs a server), or run in a session that has a persistent "
+            "catalog (spark-submit or Databricks with a metastore, a Spark Connect server: --remote)",
+            tables=list(tables), problem=problem)
+
+
 def resolve_sinks(job: Job, params: Mapping[str, Any], layout: Layout, sink_root: str | None = None,
                   created: Collection[str] = ()) -> list[SinkTarget]:
     """Fill and check every sink before a run starts (:class:`UsageError`, exit 2, on a problem).
@@ -78,7 +185,8 @@ def resolve_sinks(job: Job, params: Mapping[str, Any], layout: Layout, sink_root
     it writes anything: a rollback could not tell those files from the table's.
     ``created`` are the tables (canonical) a replayed logical run found absent:
     what its killed writer left there is its own. With ``sink_root`` (a drill),
-    path sinks are written under it instead.
+    path sinks are written under it instead, and catalog sinks to tables of the
+    drill's scratch schema (:func:`redirected_table`).
     """
     from .errors import UsageError
     from .sinks import fill_predicate
@@ -87,11 +195,7 @@ def resolve_sinks(job: Job, params: Mapping[str, Any], layout: Layout, sink_root
     for sink in job.sinks:
         location = sink.location(params)
         if sink_root is not None:
-            if sink.table is not None:
-                raise UsageError(f"sink of stage {sink.stage!r} is catalog table {location!r}",
-                                 "a drill redirects sinks to its scratch area by path; give the sink a path "
-                                 "to drill it", table=location)
-            location = redirected(sink_root, location)
+            location = (redirected_table if sink.table is not None else redirected)(sink_root, location)
         target = layout.target(location, catalog=sink.table is not None)
         predicate = fill_predicate(sink.predicate, params) if sink.predicate else None
         if not target.catalog and canonical(target.location) not in created:

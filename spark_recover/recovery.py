@@ -21,7 +21,7 @@ from .config import Settings, load_settings
 from .errors import DamagedStateError, RecoveryPointError, RefusedError, RollbackError, UsageError
 from .ledger import Ledger, RunRecord
 from .fingerprint import digest
-from .publication import recovery_point
+from .publication import recovery_point, require_lasting_catalog
 from .sinks import TableState, commit_tag, isolated_session, table_state
 from .session import dead_operations_text, stop_dead_operations
 from .storage import Layout, Target, canonical
@@ -33,10 +33,12 @@ def _ledger(settings: Settings) -> Ledger:
     return Ledger(Layout.at(settings.root, settings.storage_options), settings.dead_after_seconds)
 
 
-def _spark(spark, settings: Settings):
+def _spark(spark, settings: Settings, catalog_tables: Sequence[str] = ()):
     if spark is not None:
         return spark
-    from .session import get_spark
+    from .session import attached, get_spark
+    if not attached() and not settings.remote:  # a session of our own: its catalog may not hold the tables
+        require_lasting_catalog(catalog_tables, settings.spark)
     return get_spark(settings)
 
 
@@ -56,7 +58,7 @@ def create_point(name: str, tables: Sequence[str], *, root: str | None = None,
         raise UsageError("no tables given", "expected at least one --table")
     targets = [ledger.layout.target(t) for t in tables]
     if any(t.catalog for t in targets):
-        spark = _spark(spark, settings)
+        spark = _spark(spark, settings, [t.location for t in targets if t.catalog])
     states = {}
     for target in targets:
         state = table_state(spark, target)
@@ -220,7 +222,7 @@ def _roll_back(ledger: Ledger, settings: Settings, spark, say: Callable[[str], N
     attempt = (earlier or {}).get("attempt") or secrets.token_hex(4)
     catalog = {t: bool(s.get("catalog")) for t, s in targets.items()}
     if any(catalog.values()):  # a catalog table's location needs Spark; paths are read by delta-rs
-        spark = _spark(spark, settings)
+        spark = _spark(spark, settings, [t for t, c in catalog.items() if c])
     tables = {t: layout.target(t, catalog[t]) for t in targets}
     states = {t: table_state(spark, tables[t]) for t in targets}
 

@@ -226,8 +226,9 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
                                         created=publication.created_tables(lineage))
     if spark is None and (session.attached() or ctx.settings.remote):
         spark = session.get_spark(ctx.settings)  # spark-submit made it, or a Connect server: cheap, says where we run
-    elif spark is None:
-        session.check_buildable()  # before anything is written; the JVM itself starts after the lease
+    elif spark is None:  # spark-recover builds the session (after the lease): refuse now what it cannot hold
+        session.check_buildable()
+        publication.require_lasting_catalog([t.table for t in targets if t.target.catalog], ctx.settings.spark)
     _check_cluster_storage(ctx, session.master(spark) if spark is not None else
                            ctx.settings.spark.get("spark.master", "local[*]"), targets)
 
@@ -468,9 +469,9 @@ def _publish(ctx: RunContext, spark, targets: list[SinkTarget], lineage: list[Ru
         planned = {"table": st.table, "mode": st.sink.mode, "txn_app_id": decision.app,
                    "txn_version": decision.txn_version, "repeats": decision.repeats, "predicate": st.predicate,
                    "checkpoint": data.checkpoint, "checkpoint_version": data.version}
-        if st.sink.mode == "merge" and session.is_connect(spark):
-            # The MERGE runs in a server session of its own: its id goes in the ledger first, so a
-            # takeover or rollback can stop it there if this client dies mid-MERGE.
+        if (st.sink.mode == "merge" or st.target.catalog) and session.is_connect(spark):
+            # A MERGE (or a catalog table's creation) runs in a server session of its own: its id goes in
+            # the ledger first, so a takeover or rollback can stop it there if this client dies mid-write.
             planned["merge_session"] = str(uuid.uuid4())
         if not st.target.catalog and lease.needs_table_lease(st.table, log_stores):
             lease.take_table(ctx.ledger, ctx.run_id, st.table, lambda at: ctx.log(

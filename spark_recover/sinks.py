@@ -163,7 +163,8 @@ def publish(spark, sink: SinkTarget, read: Callable[[Any], Any], app: str, txn_v
             metadata: Mapping[str, Any], merge_session: str | None = None) -> dict[str, Any]:
     """Write ``read(session)`` to the sink unless Delta already holds ``txn_version`` for ``app``.
 
-    ``merge_session`` (Spark Connect): the id of the server session a MERGE runs in.
+    ``merge_session`` (Spark Connect): the id of the server session a MERGE, or the creation of a
+    catalog table, runs in.
     Returns ``version_before``, ``version_after`` and ``skipped_duplicate``.
     """
     target, mode = sink.target, sink.sink.mode
@@ -175,20 +176,28 @@ def publish(spark, sink: SinkTarget, read: Callable[[Any], Any], app: str, txn_v
         return {**done, "version_after": before.version, "skipped_duplicate": True}
     if mode == "merge" and before.exists:
         _merge(spark, sink, read, app, txn_version, tag, merge_session)
+    elif target.catalog and not before.exists:
+        # Creating a catalog table is a CREATE TABLE AS SELECT, which drops the userMetadata option (the
+        # commit would look like another writer's to a rollback) but keeps the session conf: set it on a
+        # session of the write's own.
+        with isolated_session(spark, {_TXN_CONFS[2]: tag}, merge_session) as session:
+            _writer(read(session), sink, app, txn_version, tag).saveAsTable(target.location)
+    elif target.catalog:
+        _writer(read(spark), sink, app, txn_version, tag).saveAsTable(target.location)
     else:
-        writer = (read(spark).write.format("delta").option("txnAppId", app).option("txnVersion", txn_version)
-                  .option("userMetadata", tag))
-        if mode == "replace_where":
-            writer = writer.mode("overwrite").option("replaceWhere", sink.predicate)
-        else:
-            writer = writer.mode("overwrite" if mode == "overwrite" else "append")
-        if target.catalog:
-            writer.saveAsTable(target.location)
-        else:
-            writer.save(spark_uri(target.location))
+        _writer(read(spark), sink, app, txn_version, tag).save(spark_uri(target.location))
     after = table_state(spark, target, app)
     skipped = after.version == before.version  # Delta saw the txn version and wrote nothing
     return {**done, "version_after": after.version, "skipped_duplicate": skipped}
+
+
+def _writer(df, sink: SinkTarget, app: str, txn_version: int, tag: str):
+    """An idempotent Delta write of ``df`` in the sink's mode (``txnAppId``/``txnVersion``, tagged)."""
+    writer = (df.write.format("delta").option("txnAppId", app).option("txnVersion", txn_version)
+              .option("userMetadata", tag))
+    if sink.sink.mode == "replace_where":
+        return writer.mode("overwrite").option("replaceWhere", sink.predicate)
+    return writer.mode("overwrite" if sink.sink.mode == "overwrite" else "append")
 
 
 def _merge(spark, sink: SinkTarget, read: Callable[[Any], Any], app: str, txn_version: int, tag: str,

@@ -8,6 +8,7 @@ test-connect` also runs the sink, recovery, replay and retention tests that way.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.connect
 
 NO_JAVA = {"JAVA_HOME": "/nonexistent/jdk"}
 SLOW_SINK_JOB = str(JOBS / "slow_sink_job.py")
+CATALOG_JOB = str(JOBS / "catalog_sink_job.py")
 TXN_CONFS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion")
 
 
@@ -91,6 +93,52 @@ def test_drill_through_connect(spark, source_data, tmp_path):
                    "--remote", os.environ["SPARK_REMOTE"], env=NO_JAVA)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "PASS" in done.stdout
+
+
+@pytest.mark.parametrize("exists", [True, False], ids=["table-exists", "table-absent"])
+def test_drill_covers_catalog_sinks_through_connect(spark, source_data, tmp_path, monkeypatch, exists):
+    """A job with a catalog sink and a path sink: its drivers write a scratch *catalog* table of the
+    drill's (the server's catalog outlives each client), checked like a path sink (rows, one data
+    commit per logical run, each rollback back at the recovery point: restored, or dropped when the
+    run created it); the user's catalog table is untouched and the scratch schema is gone."""
+    from pyspark.sql import functions as F
+
+    table = "spark_recover_user.regions"
+    monkeypatch.setenv("CATALOG_SINK_TABLE", table)  # the job's catalog sink, in its drivers too
+    spark.sql(f"CREATE SCHEMA spark_recover_user LOCATION '{tmp_path / 'user-catalog'}'")
+    try:
+        if exists:
+            events = spark.read.format("delta").load(str(source_data / "events")).where("store_id < 3")
+            stores = spark.read.format("delta").load(str(source_data / "stores"))
+            (events.join(stores, "store_id").groupBy("region")  # the job's rows' shape, other values
+             .agg(F.sum(F.col("qty") * F.col("price")).alias("total"), F.count("*").alias("orders"))
+             .write.format("delta").saveAsTable(table))
+        mine = lambda: (spark.catalog.tableExists(table) and  # noqa: E731
+                        (sorted(spark.table(table).collect()), spark.sql(f"DESCRIBE HISTORY {table}").count()))
+        before = mine()
+        out = tmp_path / "out"
+        done = run_cli("drill", CATALOG_JOB, "-p", f"data={source_data}", "-p", f"out={out}", "--kills", "2",
+                       "--seed", "5", "--with-rollback", "--root", str(tmp_path / "root"),
+                       "--remote", os.environ["SPARK_REMOTE"], "--json", env=NO_JAVA)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        report = json.loads(done.stdout)
+        print("\n" + json.dumps(report["summary"]))
+        assert report["ok"], report["verdict"]
+        scratch = report["sinks_redirected"][table]
+        schema = scratch.rsplit(".", 1)[0]
+        assert schema.startswith("spark_recover_drill_") and "/" not in scratch  # a catalog table, not a path
+        # Each trial: both sinks checked, one data commit each by its logical run, counted in the verdict.
+        assert all(t["commits"] == {table: 1, str(out / "store_totals"): 1} for t in report["trials"]), \
+            report["trials"]
+        s = report["summary"]
+        assert (s["sink_commits"], s["sink_commit_faults"], s["rollbacks"], s["rollback_wrong_rows"]) == (4, 0, 2, 0)
+        # The drivers published through the catalog: the clean run's ledger names the scratch catalog table.
+        assert scratch in runs_of(f"{report['drill_root']}/clean")[-1].sinks
+        assert mine() == before  # the user's table: same rows, no new commit (or still absent)
+        assert not spark.catalog.databaseExists(schema)  # the scratch schema (and its tables) dropped
+        assert not out.exists()
+    finally:
+        spark.sql("DROP SCHEMA IF EXISTS spark_recover_user CASCADE")
 
 
 def test_server_without_delta_is_a_clear_error(spark, source_data, tmp_path_factory):
