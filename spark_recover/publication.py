@@ -188,7 +188,6 @@ def resolve_sinks(job: Job, params: Mapping[str, Any], layout: Layout, sink_root
     path sinks are written under it instead, and catalog sinks to tables of the
     drill's scratch schema (:func:`redirected_table`).
     """
-    from .errors import UsageError
     from .sinks import fill_predicate
 
     out = []

@@ -50,6 +50,7 @@ def test_the_session_runs_the_tables_delta_for_its_spark_line_and_the_fingerprin
     print(f"\nSpark {versions['Spark']} with Delta {versions['Delta']} ({'Connect' if is_connect(spark) else 'local'})")
 
 
+@pytest.mark.compat  # `make test` drills the development line at length (test_drill.py)
 def test_a_two_kill_drill_of_every_sink_mode(spark, source_data, recover_root, tmp_path):
     """Two SIGKILLs at random moments, `run --resume` until it succeeds, a scheduler retry after that: every sink
     mode (append, replace_where, merge, overwrite) holds the clean run's rows once and exactly one commit."""

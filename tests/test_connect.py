@@ -170,7 +170,7 @@ def _killed_mid_sink_write(spark, tmp_path):
     return out / "rows", root, params, dead, before
 
 
-def _no_late_commit(table, version: int, wait: float = 60) -> None:
+def _no_late_commit(table, version: int, wait: float = 30) -> None:
     """The table stays at ``version`` while the killed client's write would have ended (polled, bounded)."""
     import deltalake
 
