@@ -522,6 +522,7 @@ def stop_dead_operations(identity: Mapping[str, Any], *, sessions: Sequence[str]
     """
     started = time.monotonic()
     stopped: list[str] = []
+    unreachable = None
     for session_id in [identity["session_id"], *sessions]:
         own = session_id != identity["session_id"]
         operations, unreachable = _stop_session_operations(
@@ -529,8 +530,8 @@ def stop_dead_operations(identity: Mapping[str, Any], *, sessions: Sequence[str]
             deadline=started + wait_seconds, wait_seconds=wait_seconds, release=own)
         stopped += operations
         if unreachable:
-            return {"operations": stopped, "seconds": round(time.monotonic() - started, 3), "unreachable": unreachable}
-    return {"operations": stopped, "seconds": round(time.monotonic() - started, 3), "unreachable": None}
+            break
+    return {"operations": stopped, "seconds": round(time.monotonic() - started, 3), "unreachable": unreachable}
 
 
 def _stop_session_operations(identity: Mapping[str, Any], tag: str | None, *, spark, remote: str | None,
