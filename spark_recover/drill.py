@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import random
 import signal
@@ -273,6 +272,7 @@ def sink_commits(histories: Mapping[str, Sequence[Mapping[str, Any]]], runs: Seq
     ``histories`` maps each sink table to its commits; ``names`` gives the table
     names to report. Returns the counts and what is wrong (empty: nothing).
 
+    >>> import json
     >>> w = lambda run: {"userMetadata": json.dumps({"run_id": run, "sink": "/t"})}
     >>> sink_commits({"/t": [w("A"), w("B")]}, [RunRecord(run_id="A", job="j"), RunRecord(run_id="B", job="j")])
     ({'/t': 2}, ['sink /t: 2 data commits in one logical run (runs A, B), expected exactly 1'])

@@ -486,20 +486,26 @@ def untag_operations(spark, identity: Mapping[str, Any] | None) -> None:
         spark.removeTag(identity["tag"])
 
 
+def _channel_builder():
+    """Spark Connect's channel builder class: ``DefaultChannelBuilder`` since 4.0, ``ChannelBuilder`` in 3.5."""
+    from pyspark.sql.connect import client
+
+    return getattr(client, "DefaultChannelBuilder", None) or client.ChannelBuilder
+
+
 def _attach_url(identity: Mapping[str, Any], spark=None, remote: str | None = None) -> str:
     """A connection string to the dead run's server session; the channel settings (TLS, token) of the
     current Connect session or of ``remote`` (``--remote``, ``$SPARK_REMOTE``) when they lead to the same server."""
-    from pyspark.sql.connect.client import DefaultChannelBuilder
-
+    builder_class = _channel_builder()
     builder = spark.client._builder if spark is not None and is_connect(spark) else None
     if builder is None and remote:
-        builder = DefaultChannelBuilder(remote)
+        builder = builder_class(remote)
     same = builder is not None and builder.endpoint == identity["server"]
-    params = {k: v for k, v in (builder._params.items() if same else ())
-              if k not in (DefaultChannelBuilder.PARAM_SESSION_ID, DefaultChannelBuilder.PARAM_USER_ID)}
-    params[DefaultChannelBuilder.PARAM_SESSION_ID] = identity["session_id"]
+    given = (getattr(builder, "_params", None) or getattr(builder, "params", {})) if same else {}
+    params = {k: v for k, v in given.items() if k not in (builder_class.PARAM_SESSION_ID, builder_class.PARAM_USER_ID)}
+    params[builder_class.PARAM_SESSION_ID] = identity["session_id"]
     if identity.get("user_id"):
-        params[DefaultChannelBuilder.PARAM_USER_ID] = identity["user_id"]
+        params[builder_class.PARAM_USER_ID] = identity["user_id"]
     return f"sc://{identity['server']}/;" + ";".join(f"{k}={v}" for k, v in params.items())
 
 
@@ -542,8 +548,12 @@ def _stop_session_operations(identity: Mapping[str, Any], tag: str | None, *, sp
     from pyspark.sql.connect import proto
     from pyspark.sql.connect.client import SparkConnectClient
 
-    client = SparkConnectClient(connection=_attach_url(identity, spark, remote), use_reattachable_execute=False)
-    client.set_retry_policies([])  # a server that is gone: say so now rather than retry for minutes
+    # A server that is gone: say so now rather than retry for minutes (Spark 3.5 takes a retry dict).
+    policies = hasattr(SparkConnectClient, "set_retry_policies")
+    client = SparkConnectClient(connection=_attach_url(identity, spark, remote), use_reattachable_execute=False,
+                                **({} if policies else {"retry_policy": {"max_retries": 0}}))
+    if policies:
+        client.set_retry_policies([])
     try:
         try:
             operations = (client.interrupt_tag(tag) if tag else client.interrupt_all()) or []
@@ -569,7 +579,7 @@ def _stop_session_operations(identity: Mapping[str, Any], tag: str | None, *, sp
                         f"expected it to end within {wait_seconds:.0f}s of its interrupt; it could still commit. "
                         "Retry once it has ended", operation=operation) from exc
                 # canceled, not found, abandoned: the execution is over
-        if release:  # the run's own session (a MERGE's): nothing else will ever use it
+        if release:  # the run's own session (a MERGE's): nothing else will ever use it (3.5 cannot release)
             with contextlib.suppress(Exception):
                 client.release_session()
         return operations, None

@@ -15,6 +15,7 @@ from conftest import JOBS
 from recovery_checks import assert_same_rows
 
 from spark_recover import Job
+from spark_recover.compat import spark_line
 from spark_recover.fingerprint import explain_change
 from spark_recover.session import carried_settings, engine_versions, result_settings
 from spark_recover.testing import CHILD_JAVA_OPTIONS, TEST_SPARK_CONFS, crash_at, run_args, run_cli, runs_of
@@ -40,6 +41,11 @@ def _decisions(run) -> dict[str, str]:
     return {name: ("reused" if s.reused else s.reason) for name, s in run.stages.items()}
 
 
+def _delta_of(spark) -> str:
+    """The Delta release the tests' sessions load for the running Spark line (compat's table)."""
+    return spark_line(spark.version).delta
+
+
 def test_a_resume_in_another_time_zone_recomputes_and_the_same_one_reuses(request, spark, recover_root, tmp_path):
     if request.config.getoption("connect"):
         pytest.skip("through Connect the job processes share one server session: a conf file's [spark] time "
@@ -56,7 +62,7 @@ def test_a_resume_in_another_time_zone_recomputes_and_the_same_one_reuses(reques
     assert second.origin_run_id == first.run_id
     assert _decisions(second)["stamped"] == f"session setting {TZ} changed (UTC -> America/New_York)"
     assert first.stages["stamped"].parts["session"][TZ] == "UTC"
-    assert second.stages["stamped"].parts["engine"] == {"Spark": spark.version, "Delta": "4.4.0"}
+    assert second.stages["stamped"].parts["engine"] == {"Spark": spark.version, "Delta": _delta_of(spark)}
 
     # Same settings again: no false positive, the New York checkpoint is reused.
     done = run_cli(*run_args(ZONED_JOB, recover_root, None, [*new_york, "--resume"]))
@@ -81,7 +87,7 @@ def test_session_settings_are_read_by_name_and_never_a_credential(spark):
     assert settings[TZ] == spark.conf.get(TZ) and settings["spark.sql.legacy.timeParserPolicy"] == "LEGACY"
     assert settings["spark.sql.ansi.enabled"] in ("true", "false")  # a default is recorded too
     assert "do-not-record" not in json.dumps(settings) and not any("s3a" in k for k in settings)
-    assert engine_versions(spark) == {"Spark": spark.version, "Delta": "4.4.0"}  # Connect: the server's
+    assert engine_versions(spark) == {"Spark": spark.version, "Delta": _delta_of(spark)}  # Connect: the server's
 
 
 def test_explain_change_names_the_setting_and_the_engine():
