@@ -51,7 +51,8 @@ from .config import Settings, load_settings
 from .errors import RecoverError, RefusedError, StageError, UsageError
 from .failpoints import ENV as FAILPOINT_ENV
 from .job import Job, load_job
-from .ledger import Ledger, RunRecord
+from .ledger import Ledger
+from .history import RunRecord
 from .publication import require_lasting_catalog, resolve_sinks
 from .sinks import commit_tag, fill_predicate, physical_uri
 from .storage import Layout, canonical, read_delta, spark_uri

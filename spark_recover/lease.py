@@ -39,16 +39,18 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Mapping, TypeVar
 
 from .errors import RefusedError
-from .ledger import Heartbeat, LeaseConflict, Ledger, RunRecord, process_alive, this_process
-from .liveness import BEATS_BEFORE_DEAD
+from .history import RunRecord, holder_error
+from .ledger import LeaseConflict, Ledger
+from .liveness import BEATS_BEFORE_DEAD, process_alive, this_process
 from .storage import canonical, is_s3, require_conditional_put
 
-__all__ = ["Claim", "claim", "holder_error", "hold", "hold_key", "hold_is_live", "LOG_STORE_KEYS",
+__all__ = ["Claim", "claim", "Heartbeat", "hold", "hold_key", "hold_is_live", "LOG_STORE_KEYS",
            "needs_table_lease", "table_writer", "take_table", "TABLE_WAIT_SECONDS"]
 
 _ATTEMPTS = 200
@@ -77,7 +79,7 @@ class Claim:
     def covers(self, run: RunRecord) -> bool:
         """Whether ``run`` competes for this lease: same key, or same logical run."""
         return run.job == self.job and (run.params_key == self.params_key or
-                                        (self.logical_run is not None and run.root_run_id == self.logical_run))
+                                        (self.logical_run is not None and run.logical_run_id == self.logical_run))
 
     def check(self) -> None:
         """Raise :class:`RefusedError` if a newer run of the same key started (the lease is lost).
@@ -98,15 +100,6 @@ class Claim:
                 f"run {self.run_id} lost its lease to a rollback of run {held['attempt'].get('of')}",
                 "its heartbeat was missing long enough for the rollback to take the lease; it stops "
                 "before writing any sink", holder=f"rollback of {held['attempt'].get('of')}", run_id=self.run_id)
-
-
-def holder_error(holder: RunRecord, logical_run: str | None = None) -> RefusedError:
-    """The refusal that names a live holder (of these parameters, or of the same ``logical_run``)."""
-    whose = f"of logical run {logical_run}" if logical_run else "with these parameters"
-    return RefusedError(f"run {holder.run_id} of job {holder.job!r} {whose} is still running",
-                        f"one run per job and parameters, and per logical run, at a time; the holder is pid "
-                        f"{holder.process.get('pid')} on {holder.process.get('host')}, last seen "
-                        f"{holder.last_seen}", holder=holder.run_id)
 
 
 def hold_key(job: str, params_key: str) -> str:
@@ -186,7 +179,7 @@ def _take(ledger: Ledger, job: str, params_key: str, who: str, commit: Callable[
                                "expected a new run id for a new run; one run's events never merge into "
                                "another's record", run_id=who)
         origin = next((r for r in known if r.run_id == origin_run_id), None) if origin_run_id else None
-        logical = (origin.root_run_id or origin.run_id) if origin is not None else None
+        logical = (origin.logical_run_id or origin.run_id) if origin is not None else None
         probe = Claim(ledger, who, job, params_key, frozenset(), version + 1, logical)
         runs = [r for r in known if probe.covers(r)]
         live = [r for r in runs if r.status == "running"]
@@ -317,3 +310,26 @@ def hold(ledger: Ledger, job: str, params_key: str, of: str) -> Iterator[None]:
     finally:
         beat.stop()
         ledger.append(key, "", "rollback_finished")
+
+
+class Heartbeat(threading.Thread):
+    """Appends a heartbeat event while a run is quiet, so a dead driver is noticed."""
+
+    def __init__(self, ledger: Ledger, run_id: str, job: str, every: float) -> None:
+        super().__init__(name=f"spark-recover-heartbeat-{run_id}", daemon=True)
+        self.ledger, self.run_id, self.job, self.every = ledger, run_id, job, every
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.wait(self.every / 2):
+            if time.monotonic() - self.ledger.last_write >= self.every:
+                try:
+                    self.ledger.append(self.run_id, self.job, "heartbeat")
+                except Exception:
+                    # Whatever failed (a damaged or unreachable ledger, a full disk), the run goes on:
+                    # the next beat, or the run's own next event, tries again.
+                    continue
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=self.every)

@@ -18,24 +18,21 @@ reads the same table::
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import re
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import pyarrow as pa
 
-from . import liveness
+from . import history
 from .errors import DamagedStateError, LedgerError, RecoverError, UnknownRunError
-from .liveness import process_alive, this_process
+from .history import RunRecord, apply_event, commit_order, iso, start_order
 from .storage import Layout, native_uri
 
-__all__ = ["Ledger", "LeaseConflict", "RunRecord", "StageRecord", "Heartbeat", "SCHEMA", "apply_event",
-           "commit_order", "this_process", "process_alive"]
+__all__ = ["Ledger", "LeaseConflict", "SCHEMA"]
 
 SCHEMA = pa.schema([
     ("run_id", pa.string()),
@@ -59,209 +56,7 @@ _COMPACT_ABOVE_FILES = 200
 _APPEND_ATTEMPTS = 200  # exclusive commits retried while other writers commit first
 _TORN_SCAN = 3  # newest commit files checked for a torn write: only the last write can be torn
 _COMMIT_FILE = re.compile(r"^\d{20}\.json$")
-# A rollback's journal is kept under the run's id but written by the rollback's process, not the run's.
-_JOURNAL_EVENTS = frozenset({"rollback_started", "table_restored", "rollback_finished"})
 
-
-@dataclass
-class StageRecord:
-    """What the ledger knows of one stage of one run."""
-
-    name: str
-    status: str = "pending"  # pending, running, succeeded, failed
-    reused: bool = False
-    version: int | None = None
-    rows: int | None = None
-    seconds: float | None = None
-    reason: str | None = None
-    fingerprint: str | None = None
-    checkpoint: str | None = None
-    error: str | None = None
-    parts: dict[str, Any] = field(default_factory=dict)
-    from_run: str | None = None  # the run whose computation produced the checkpoint
-
-    def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "reused": self.reused,
-                "version": self.version, "seconds": self.seconds, "reason": self.reason,
-                "rows": self.rows, "fingerprint": self.fingerprint,
-                "checkpoint": self.checkpoint, "from_run": self.from_run, "error": self.error}
-
-
-@dataclass
-class RunRecord:
-    """What the ledger knows of one run, folded from its events."""
-
-    run_id: str
-    job: str
-    params: dict[str, Any] = field(default_factory=dict)
-    params_key: str = ""
-    origin_run_id: str | None = None
-    job_file: str | None = None
-    conf_file: str | None = None  # the settings file it ran with (absolute), which a resume reuses
-    started_at: dt.datetime | None = None
-    last_seen: dt.datetime | None = None
-    finished: bool = False
-    final_status: str | None = None
-    total_seconds: float | None = None
-    error: str | None = None
-    process: dict[str, Any] = field(default_factory=dict)
-    connect: dict[str, Any] | None = None  # Spark Connect server, session and operation tag of its driver
-    sources: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    stages: dict[str, StageRecord] = field(default_factory=dict)
-    sinks: dict[str, dict[str, Any]] = field(default_factory=dict)  # table -> planned + written
-    recovery_point: dict[str, Any] | None = None  # table -> state before the first sink write
-    rollback: dict[str, Any] | None = None  # journal: started, tables restored, finished
-    dead_after: float = 60.0  # the reader's setting
-    heartbeat_seconds: float | None = None  # the writer's, recorded in run_started
-    started_version: int | None = None  # ledger commit version of run_started (None: an older ledger)
-    # The logical run (DESIGN.md): the first run of a chain of resumes and redos.
-    root_run_id: str = ""
-    recovered_by: str | None = None  # a later run of the logical run that succeeded
-    undone_by: str | None = None  # a finished rollback of the logical run after this run started
-    rolled_back_at: dt.datetime | None = None
-    rolled_back_version: int | None = None  # ledger commit version of rollback_finished
-
-    @property
-    def alive(self) -> bool:
-        """Whether an unfinished run's driver still runs (by its process, else by its heartbeat)."""
-        if self.finished:
-            return False
-        by_process = process_alive(self.process)
-        if by_process is not None:
-            return by_process
-        if self.last_seen is None:
-            return False
-        age = (dt.datetime.now(dt.timezone.utc) - self.last_seen).total_seconds()
-        return age <= liveness.dead_after(reader_seconds=self.dead_after, writer_heartbeat=self.heartbeat_seconds)
-
-    @property
-    def rolled_back(self) -> bool:
-        """Its sink writes were undone: it, or its logical run after it, was rolled back."""
-        return bool(self.rollback and self.rollback.get("finished")) or self.undone_by is not None
-
-    @property
-    def refused(self) -> bool:
-        """It stopped before computing or publishing anything (a replay the rules refused)."""
-        return self.final_status == "refused"
-
-    @property
-    def status(self) -> str:
-        """``running``, ``succeeded``, ``failed`` (a dead or refused run counts as failed), ``rolled_back``.
-
-        A live driver is ``running`` whatever else the ledger says: a rollback that
-        seems to cover it must not let the lease, gc or a rollback forget it.
-        """
-        if not self.finished and self.alive:
-            return "running"
-        if self.rolled_back:
-            return "rolled_back"
-        if self.finished:
-            return self.final_status if self.final_status == "succeeded" else "failed"
-        return "failed"
-
-    @property
-    def died(self) -> bool:
-        return not self.finished and not self.alive
-
-    @property
-    def merge_sessions(self) -> list[str]:
-        """The Spark Connect server sessions its MERGE sinks ran in (each recorded before its MERGE began)."""
-        return [s["merge_session"] for s in self.sinks.values() if s.get("merge_session")]
-
-    def stage_list(self) -> list[StageRecord]:
-        """Stages in order; in a dead run, the stage caught mid-flight shows as failed."""
-        if not self.died:
-            return list(self.stages.values())
-        return [dataclasses.replace(st, status="failed", reason="the run's process died during this stage")
-                if st.status == "running" else st for st in self.stages.values()]
-
-    def to_json(self) -> dict[str, Any]:
-        """The ``show --json`` object (DESIGN.md)."""
-        error = self.error
-        if self.died:
-            error = error or (f"the run's process died (last seen {_iso(self.last_seen)}; "
-                              f"host {self.process.get('host')}, pid {self.process.get('pid')})")
-        metrics = {"total_seconds": self.total_seconds, **self.metrics}
-        return {"run_id": self.run_id, "job": self.job, "status": self.status,
-                "params": self.params, "origin_run_id": self.origin_run_id,
-                "logical_run_id": self.root_run_id or self.run_id, "recovered_by": self.recovered_by,
-                "started_at": _iso(self.started_at), "last_seen": _iso(self.last_seen),
-                "job_file": self.job_file, "conf_file": self.conf_file, "error": error,
-                "stages": [s.to_json() for s in self.stage_list()],
-                "sinks": [_sink_json(v) for v in self.sinks.values()], "sources": self.sources,
-                "recovery_point": self.recovery_point, "rollback": self.rollback, "metrics": metrics}
-
-
-def _sink_json(sink: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("table", "stage", "mode", "version_before", "version_after", "skipped_duplicate",
-            "txn_app_id", "txn_version", "status", "error")
-    return {k: sink.get(k) for k in keys}
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat().replace("+00:00", "Z") if value else None
-
-
-def apply_event(run: RunRecord, ev: Mapping[str, Any]) -> None:
-    """Fold one event into a run record (the one place that gives events meaning)."""
-    detail = json.loads(ev["detail"]) if ev.get("detail") else {}
-    kind, ts = ev["event"], ev["ts"]
-    if kind not in _JOURNAL_EVENTS:  # liveness comes from the run's own driver only
-        run.last_seen = max(run.last_seen, ts) if run.last_seen else ts
-    if kind == "run_started":
-        run.started_at, run.started_version = ts, ev.get("ledger_version")
-        run.heartbeat_seconds = detail.get("heartbeat_seconds")
-        run.params = detail.get("params", {})
-        run.params_key = detail.get("params_key", "")
-        run.origin_run_id = detail.get("origin_run_id")
-        run.job_file = detail.get("job_file")
-        run.conf_file = detail.get("conf_file")
-        run.process = detail.get("process", {})
-        run.connect = detail.get("connect")
-        run.sources = detail.get("sources", {})
-        for name in detail.get("stages", []):
-            run.stages.setdefault(name, StageRecord(name))
-    elif kind == "run_finished":
-        run.finished = True
-        run.final_status = ev.get("status")
-        run.total_seconds = ev.get("seconds")
-        run.error = ev.get("error")
-        run.metrics.update(detail.get("metrics", {}))
-    elif kind == "sources_pinned":
-        run.sources = detail.get("sources", {})
-    elif kind == "recovery_point":
-        run.recovery_point = detail.get("tables", {})
-    elif kind in ("sink_planned", "sink_written", "sink_failed"):
-        entry = run.sinks.setdefault(detail["table"], {"stage": ev.get("stage")})
-        entry.update({k: v for k, v in detail.items() if k != "traceback"},
-                     status=kind.removeprefix("sink_"), error=ev.get("error"))
-    elif kind in _JOURNAL_EVENTS:
-        journal = run.rollback = run.rollback or {"restored": {}}
-        if kind == "rollback_started":
-            existed = set(journal.get("existed", [])) | set(detail.get("existed", []))  # across attempts
-            journal.update(started_at=_iso(ts), targets=detail.get("targets", {}), finished=False,
-                           force=bool(detail.get("force")), attempt=detail.get("attempt"), existed=sorted(existed))
-        elif kind == "table_restored":
-            journal["restored"][detail["table"]] = detail
-        else:
-            journal.update(finished=True, finished_at=_iso(ts), metrics=detail.get("metrics", {}))
-            run.rolled_back_at, run.rolled_back_version = ts, ev.get("ledger_version")
-    elif ev.get("stage"):
-        st = run.stages.setdefault(ev["stage"], StageRecord(ev["stage"]))
-        status = _STAGE_STATUS.get(kind)
-        if status is None:
-            return
-        st.status, st.reused = status, kind == "stage_reused"
-        for attr in ("version", "rows", "seconds", "reason", "fingerprint", "checkpoint", "error"):
-            if ev.get(attr) is not None:
-                setattr(st, attr, ev[attr])
-        st.parts = detail.get("parts", st.parts)
-        st.from_run = detail.get("from_run", st.from_run)
-
-
-_STAGE_STATUS = {"stage_started": "running", "stage_succeeded": "succeeded",
-                 "stage_reused": "succeeded", "stage_failed": "failed"}
 
 
 class LeaseConflict(Exception):
@@ -436,15 +231,7 @@ class Ledger:
         return None
 
     def _fold(self, events: Iterable[Mapping[str, Any]]) -> dict[str, RunRecord]:
-        runs: dict[str, RunRecord] = {}
-        for ev in events:
-            run = runs.get(ev["run_id"])
-            if run is None:
-                run = runs[ev["run_id"]] = RunRecord(ev["run_id"], ev["job"], dead_after=self.dead_after)
-            apply_event(run, ev)
-        found = {k: r for k, r in runs.items() if r.started_at is not None}
-        _link_lineage(found)
-        return found
+        return history.fold(events, dead_after=self.dead_after)
 
     def points(self) -> dict[str, dict[str, Any]]:
         """Named recovery points: name -> {created_at, tables}."""
@@ -452,7 +239,7 @@ class Ledger:
         for ev in self._events():
             if ev["event"] == "point_created":
                 detail = json.loads(ev["detail"])
-                out[detail["name"]] = {"name": detail["name"], "created_at": _iso(ev["ts"]),
+                out[detail["name"]] = {"name": detail["name"], "created_at": iso(ev["ts"]),
                                        "tables": detail["tables"]}
         return out
 
@@ -465,7 +252,7 @@ class Ledger:
             apply_event(record, ev)
         if record.rollback is None:
             return None
-        return {**record.rollback, "last_seen": _iso(record.last_seen)}  # heartbeats under this id, if any
+        return {**record.rollback, "last_seen": iso(record.last_seen)}  # heartbeats under this id, if any
 
     def run(self, run_id: str) -> RunRecord:
         """The record of one run; :class:`UnknownRunError` if the ledger has none."""
@@ -479,83 +266,8 @@ class Ledger:
     def runs(self, job: str | None = None, version: int | None = None) -> list[RunRecord]:
         """All runs (of one job), oldest first; with ``version``, as the ledger was then."""
         runs = self._fold(self._events(version=version)).values()
-        return sorted((r for r in runs if job is None or r.job == job), key=_start_order)
+        return sorted((r for r in runs if job is None or r.job == job), key=start_order)
 
-    def lineage(self, record: RunRecord, runs: Iterable[RunRecord] | None = None) -> list[RunRecord]:
-        """Every run of ``record``'s logical run, oldest first."""
-        root = record.root_run_id or record.run_id
-        return [r for r in (runs if runs is not None else self.runs(record.job)) if r.root_run_id == root]
-
-
-_NEVER = dt.datetime.min.replace(tzinfo=dt.timezone.utc)
-
-
-def commit_order(version: int | None, ts: dt.datetime | None) -> tuple[bool, int, dt.datetime]:
-    """Sort key of an event by its ledger commit version.
-
-    Events of an older ledger carry no version: they were all committed
-    before the first one that does, and among themselves only their time
-    stamps order them.
-
-    >>> commit_order(3, None) < commit_order(4, None) and commit_order(None, None) < commit_order(0, None)
-    True
-    """
-    return (version is not None, -1 if version is None else version, ts or _NEVER)
-
-
-def _start_order(run: RunRecord) -> tuple[bool, int, dt.datetime]:
-    return commit_order(run.started_version, run.started_at)
-
-
-def _link_lineage(runs: Mapping[str, RunRecord]) -> None:
-    """Give each run its logical run, and mark runs recovered, or undone by a rollback.
-
-    A logical run is a first run and every resume or redo that replays it
-    (following ``origin_run_id``). A finished rollback of any of its runs undoes
-    the sink writes of every run of it whose ``run_started`` committed before
-    the rollback's ``rollback_finished`` (ledger commit order, not clocks).
-    """
-    ordered = sorted(runs.values(), key=_start_order)
-    for run in ordered:
-        seen, root = {run.run_id}, run
-        while root.origin_run_id and root.origin_run_id in runs and root.origin_run_id not in seen:
-            root = runs[root.origin_run_id]
-            seen.add(root.run_id)
-        run.root_run_id = root.origin_run_id if root.origin_run_id and root.origin_run_id not in runs \
-            else root.run_id
-    groups: dict[str, list[RunRecord]] = {}
-    for run in ordered:
-        groups.setdefault(run.root_run_id, []).append(run)
-    for members in groups.values():
-        for rb in (m for m in members if m.rolled_back_at is not None):
-            finished = commit_order(rb.rolled_back_version, rb.rolled_back_at)
-            for m in members:
-                if m is not rb and _start_order(m) < finished:
-                    m.undone_by = m.undone_by or rb.run_id
-        for i, run in enumerate(members):
-            if run.status == "failed" and not run.refused:
-                later = [m for m in members[i + 1:] if m.status == "succeeded"]
-                run.recovered_by = later[0].run_id if later else None
-
-
-class Heartbeat(threading.Thread):
-    """Appends a heartbeat event while a run is quiet, so a dead driver is noticed."""
-
-    def __init__(self, ledger: Ledger, run_id: str, job: str, every: float) -> None:
-        super().__init__(name=f"spark-recover-heartbeat-{run_id}", daemon=True)
-        self.ledger, self.run_id, self.job, self.every = ledger, run_id, job, every
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        while not self._stop_event.wait(self.every / 2):
-            if time.monotonic() - self.ledger.last_write >= self.every:
-                try:
-                    self.ledger.append(self.run_id, self.job, "heartbeat")
-                except Exception:
-                    # Whatever failed (a damaged or unreachable ledger, a full disk), the run goes on:
-                    # the next beat, or the run's own next event, tries again.
-                    continue
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=self.every)
+    def logical_run(self, record: RunRecord) -> list[RunRecord]:
+        """The runs of ``record``'s logical run (its lineage), oldest first."""
+        return history.lineage(record, self.runs(record.job))

@@ -13,7 +13,7 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 
 from .fingerprint import code_parts, explain_change, library_versions, stage_fingerprint
 from .job import Job, Stage
-from .ledger import RunRecord, StageRecord
+from .history import RunRecord, StageRecord
 
 __all__ = ["StagePlan", "plan_run", "origin_stage"]
 

@@ -30,7 +30,7 @@ from typing import Any, Collection, Iterable, Mapping, Sequence
 from .errors import RefusedError
 from .fingerprint import digest
 from .job import Job, Sink
-from .ledger import RunRecord
+from .history import RunRecord
 from .retention import interval_days
 from .storage import Layout, Target, canonical
 

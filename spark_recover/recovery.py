@@ -19,7 +19,8 @@ from typing import Any, Callable, Mapping, Sequence
 from . import checkpoint, failpoints, lease, table_files
 from .config import Settings, load_settings
 from .errors import DamagedStateError, RecoveryPointError, RefusedError, RollbackError, UsageError
-from .ledger import Ledger, RunRecord
+from .ledger import Ledger
+from .history import RunRecord
 from .fingerprint import digest
 from .publication import recovery_point, require_lasting_catalog
 from .sinks import TableState, commit_tag, isolated_session, table_state
@@ -142,7 +143,7 @@ def _foreign_commits(target: Target, state: TableState, point: Mapping[str, Any]
 def _run_targets(ledger: Ledger, run_id: str) -> tuple[RunRecord, dict[str, Any], set[str]]:
     """A run's rollback covers its logical run: every table any of its runs planned to write."""
     record = ledger.run(run_id)
-    lineage = ledger.lineage(record)
+    lineage = ledger.logical_run(record)
     live = [r for r in lineage if r.status == "running"]
     if live:
         raise RefusedError(f"run {live[0].run_id} is still running",
@@ -163,7 +164,7 @@ def _stop_dead_operations(ledger: Ledger, record: RunRecord, spark, settings: Se
     """Stop what dead Connect runs of the logical run still run on their server, before anything is
     checked or restored: a write the server finished after the restore would put the table off its point."""
     stopped = {}
-    for dead in (r for r in ledger.lineage(record) if r.connect and r.died):
+    for dead in (r for r in ledger.logical_run(record) if r.connect and r.died):
         stopped[dead.run_id] = stop_dead_operations(dead.connect, sessions=dead.merge_sessions, spark=spark,
                                                     remote=settings.remote)
         say(dead_operations_text(dead.run_id, stopped[dead.run_id]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from typing import Any, Sequence
 
-from .ledger import RunRecord
+from .history import RunRecord
 
 __all__ = ["table", "run_text", "run_html", "runs_text", "params_text", "status_text"]
 

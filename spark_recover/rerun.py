@@ -22,7 +22,7 @@ from typing import Any, Mapping, Sequence
 
 from .errors import RefusedError
 from .fingerprint import digest
-from .ledger import RunRecord
+from .history import RunRecord
 
 __all__ = ["params_key", "new_run_id", "published_tables", "plain_rerun_refusal"]
 
@@ -84,8 +84,8 @@ def plain_rerun_refusal(runs: Sequence[RunRecord], key: str, job_file: str | Non
     if newest.status != "failed" or newest.recovered_by:
         return None
     # What its logical run published: a resume that failed before its sinks still owes the first run's.
-    logical = newest.root_run_id or newest.run_id
-    tables = sorted({t for r in runs if (r.root_run_id or r.run_id) == logical and not r.rolled_back
+    logical = newest.logical_run_id or newest.run_id
+    tables = sorted({t for r in runs if (r.logical_run_id or r.run_id) == logical and not r.rolled_back
                      for t in published_tables(r)})
     if not tables:
         return None

@@ -21,7 +21,8 @@ from collections import defaultdict
 from typing import Any
 
 from .config import Settings, load_settings
-from .ledger import Ledger, RunRecord
+from .ledger import Ledger
+from .history import RunRecord
 from .sinks import isolated_session
 from .storage import Layout, Storage, canonical, native_uri, spark_uri
 

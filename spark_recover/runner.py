@@ -25,12 +25,15 @@ from typing import Any, Callable, Collection, Mapping
 
 from dataclasses import dataclass, field
 
-from . import __version__, checkpoint, failpoints, lease, publication, retention, session, sinks, sources
+from . import __version__, checkpoint, failpoints, history, lease, publication, retention, session, sinks, sources
 from .rerun import new_run_id, params_key, plain_rerun_refusal
 from .config import Settings, load_settings
 from .errors import RecoverError, RefusedError, StageError, UsageError
 from .job import Job
-from .ledger import Heartbeat, Ledger, RunRecord, apply_event, this_process
+from .history import RunRecord, apply_event
+from .ledger import Ledger
+from .lease import Heartbeat
+from .liveness import this_process
 from .plan import StagePlan, plan_run
 from .publication import SinkTarget
 from .report import params_text, run_html, run_text
@@ -121,7 +124,7 @@ def replay_choice(ledger: Ledger, job: Job, params: Mapping[str, Any]) -> tuple[
         return None, "no earlier run with these parameters: starting a new run"
     newest = runs[-1]
     if newest.status == "running":
-        raise lease.holder_error(newest)
+        raise history.holder_error(newest)
     if newest.status == "succeeded":
         return None, f"done: run {newest.run_id} with these parameters already succeeded; nothing to resume"
     if newest.recovered_by:
@@ -176,7 +179,7 @@ def _check_replayable(ctx: RunContext, origin: RunRecord) -> list[RunRecord]:
                            f"`spark-recover show {fresh.recovered_by}` (to replace its output, "
                            f"`spark-recover redo {fresh.recovered_by}`)", run_id=origin.run_id,
                            recovered_by=fresh.recovered_by)
-    return ctx.ledger.lineage(fresh, runs)
+    return history.lineage(fresh, runs)
 
 
 def _check_cluster_storage(ctx: RunContext, master: str, targets: list[SinkTarget]) -> None:
@@ -252,7 +255,7 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
         _stop_dead_operations(ctx, spark, resume_from)
         session.tag_operations(spark, connect)
         started = time.monotonic()  # the run's clock excludes starting the JVM
-        chain = _origin_chain(resume_from, lineage)
+        chain = history.origin_chain(resume_from, lineage)
         pins = _pin_sources(ctx, spark, chain, refresh_sources)
         plans = plan_run(job, ctx.params, pins, origin=resume_from, rerun=rerun, ancestors=chain[1:],
                          verify=lambda rec: checkpoint.verify(rec.checkpoint, rec.version, ctx.layout),
@@ -321,15 +324,6 @@ def _recovery_metrics(ctx: RunContext, plans: list[StagePlan], total: float) -> 
             "recovery_ratio": round(total / clean, 4) if clean else None,
             "reused_stages": sum(1 for p in plans if p.reuse),
             "recomputed_stages": sum(1 for p in plans if not p.reuse)}
-
-
-def _origin_chain(origin: RunRecord | None, lineage: list[RunRecord]) -> list[RunRecord]:
-    """The origin, its origin, and so on (what a replay may build on), nearest first."""
-    by_id = {r.run_id: r for r in lineage}
-    chain = [by_id.get(origin.run_id, origin)] if origin is not None else []
-    while chain and chain[-1].origin_run_id in by_id and by_id[chain[-1].origin_run_id] not in chain:
-        chain.append(by_id[chain[-1].origin_run_id])
-    return chain
 
 
 def _pin_sources(ctx: RunContext, spark, chain: list[RunRecord], refresh: bool) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from .errors import SessionError, UsageError
 from .storage import Target, native_uri, spark_uri
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .ledger import RunRecord
+    from .history import RunRecord
     from .publication import SinkTarget
 
 __all__ = ["fill_predicate", "TableState", "table_state", "physical_uri", "publish", "isolated_session",

@@ -32,7 +32,8 @@ import pytest
 
 from .config import Settings
 from .failpoints import ENV as FAILPOINT_ENV
-from .ledger import Ledger, RunRecord
+from .ledger import Ledger
+from .history import RunRecord
 from .storage import Layout
 
 __all__ = ["spark", "spark_connect_server", "ConnectServer", "free_port", "wait_until", "stop_group", "recover_root", "assert_recovers", "TEST_SPARK_CONFS", "CHILD_JAVA_OPTIONS", "ProcessResult", "run_cli",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spark_recover.ledger import RunRecord
+from spark_recover.history import RunRecord
 from spark_recover.runner import dead_connect_runs
 from spark_recover.session import _attach_url, dead_operations_text, stop_dead_operations
 from spark_recover.testing import free_port

@@ -9,7 +9,7 @@ import pytest
 
 from spark_recover.config import load_settings
 from spark_recover.drill import drill, drill_text, sink_commits
-from spark_recover.ledger import RunRecord
+from spark_recover.history import RunRecord
 from spark_recover.job import load_job
 from spark_recover.testing import assert_recovers, job_env, run_cli
 

@@ -14,7 +14,8 @@ import pytest
 
 from spark_recover.errors import RefusedError
 from spark_recover.fingerprint import digest
-from spark_recover.ledger import Ledger, this_process
+from spark_recover.ledger import Ledger
+from spark_recover.liveness import this_process
 from spark_recover.storage import Layout, read_delta
 from spark_recover.testing import run_cli
 
@@ -107,7 +108,10 @@ from pathlib import Path
 from spark_recover.config import Settings
 from spark_recover.errors import DamagedStateError, UsageError
 from spark_recover.job import Job
-from spark_recover.ledger import SCHEMA, Heartbeat, RunRecord, apply_event, process_alive
+from spark_recover.ledger import SCHEMA
+from spark_recover.history import RunRecord, apply_event
+from spark_recover.liveness import process_alive
+from spark_recover.lease import Heartbeat
 from spark_recover.runner import replay_choice
 
 _NOW = dt.datetime.now(dt.timezone.utc)

@@ -22,7 +22,8 @@ import pytest
 import spark_recover
 from spark_recover.errors import RefusedError
 from spark_recover.job import load_job
-from spark_recover.ledger import Ledger, this_process
+from spark_recover.ledger import Ledger
+from spark_recover.liveness import this_process
 from spark_recover.retention import gc
 from spark_recover.storage import Layout, read_delta
 from spark_recover.testing import crash_at, job_env, run_args, run_cli, runs_of
@@ -126,7 +127,8 @@ def test_simultaneous_driver_starts_have_exactly_one_winner(recover_root):
 
 LEASE_JOB = '''
 from spark_recover import Job
-from spark_recover.ledger import Ledger, this_process
+from spark_recover.ledger import Ledger
+from spark_recover.liveness import this_process
 from spark_recover.storage import Layout
 
 job = Job("lease_lost")

@@ -10,7 +10,8 @@ import pytest
 from spark_recover import lease
 from spark_recover.errors import RefusedError
 from spark_recover.fingerprint import digest
-from spark_recover.ledger import Ledger, this_process
+from spark_recover.ledger import Ledger
+from spark_recover.liveness import this_process
 from spark_recover.rerun import new_run_id, params_key
 from spark_recover.storage import Layout
 from spark_recover.testing import crash_at, run_args, run_cli
@@ -86,13 +87,13 @@ def test_two_resumes_of_one_logical_run_share_its_lease(tmp_path):
 
 def test_a_failed_resume_still_owes_its_logical_runs_sinks():
     """A resume that failed before its sinks: a plain rerun must still see what the first run published."""
-    from spark_recover.ledger import RunRecord
+    from spark_recover.history import RunRecord
     from spark_recover.rerun import plain_rerun_refusal
 
-    first = RunRecord("A", "j", params_key="k", finished=True, final_status="failed", root_run_id="A",
+    first = RunRecord("A", "j", params_key="k", finished=True, final_status="failed", logical_run_id="A",
                       sinks={"/w/t": {"status": "written"}})
     resume = RunRecord("B", "j", params_key="k", origin_run_id="A", finished=True, final_status="failed",
-                       root_run_id="A")
+                       logical_run_id="A")
     refusal = plain_rerun_refusal([first, resume], "k", "/jobs/j.py")
     assert refusal is not None and refusal.fields["tables"] == ["/w/t"] and refusal.exit_code == 3
     assert "spark-recover redo B" in str(refusal)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import deltalake
 
 from spark_recover.job import load_job
-from spark_recover.ledger import Ledger, this_process
+from spark_recover.ledger import Ledger
+from spark_recover.liveness import this_process
 from spark_recover.recovery import create_point
 from spark_recover.retention import gc
 from spark_recover.storage import Layout

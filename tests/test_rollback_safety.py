@@ -15,7 +15,9 @@ import pytest
 import spark_recover
 from spark_recover import failpoints, lease
 from spark_recover.errors import RefusedError
-from spark_recover.ledger import Ledger, RunRecord, this_process
+from spark_recover.ledger import Ledger
+from spark_recover.history import RunRecord
+from spark_recover.liveness import this_process
 from spark_recover.storage import Layout, read_delta
 from spark_recover.testing import run_args, run_cli
 

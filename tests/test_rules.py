@@ -17,7 +17,8 @@ from pyspark.sql import functions as F
 from spark_recover.errors import RefusedError
 from spark_recover.fingerprint import code_parts, digest, explain_change
 from spark_recover.job import Job, UnpinnedReadWarning
-from spark_recover.ledger import Ledger, this_process
+from spark_recover.ledger import Ledger
+from spark_recover.liveness import this_process
 from spark_recover.publication import Prior, decide, priors, recovery_point
 from spark_recover.report import runs_text
 from spark_recover.retention import interval_days
@@ -81,10 +82,10 @@ def test_lineage_priors_and_rollback_undo(tmp_path):
     _start(ledger, "C", origin="B", finished="succeeded")
     _start(ledger, "X", key="other-params", finished="failed")
     runs = {r.run_id: r for r in ledger.runs("j")}
-    assert {r: runs[r].root_run_id for r in runs} == {"A": "A", "B": "A", "C": "A", "X": "X"}
+    assert {r: runs[r].logical_run_id for r in runs} == {"A": "A", "B": "A", "C": "A", "X": "X"}
     assert (runs["A"].recovered_by, runs["B"].recovered_by, runs["X"].recovered_by) == ("C", "C", None)
     assert "failed, recovered by C" in runs_text(list(runs.values()))
-    found = priors(ledger.lineage(runs["C"]))
+    found = priors(ledger.logical_run(runs["C"]))
     assert {t: (p.run_id, p.txn_version) for t, p in found.items()} == {"/t/daily": ("B", 0), "/t/other": ("B", 1)}
 
     # A finished rollback of the logical run undoes every earlier write of it.
@@ -92,11 +93,11 @@ def test_lineage_priors_and_rollback_undo(tmp_path):
     ledger.append("C", "", "rollback_finished", detail={"metrics": {}})
     runs = {r.run_id: r for r in ledger.runs("j")}
     assert {r: runs[r].status for r in "ABC"} == {r: "rolled_back" for r in "ABC"}
-    assert priors(ledger.lineage(runs["C"])) == {}
+    assert priors(ledger.logical_run(runs["C"])) == {}
 
 
 def test_recovery_point_keeps_the_first_and_covers_new_tables():
-    from spark_recover.ledger import RunRecord
+    from spark_recover.history import RunRecord
 
     first = RunRecord("A", "j", recovery_point={"/t/a": {"exists": True, "version": 3}})
     later = RunRecord("B", "j", recovery_point={"/t/a": {"exists": True, "version": 9}})
@@ -112,7 +113,8 @@ CLAIMS = """
 import sys, time
 from spark_recover import lease
 from spark_recover.errors import RefusedError
-from spark_recover.ledger import Ledger, this_process
+from spark_recover.ledger import Ledger
+from spark_recover.liveness import this_process
 from spark_recover.storage import Layout
 base, t0, me, trials, period = sys.argv[1], float(sys.argv[2]), sys.argv[3], int(sys.argv[4]), float(sys.argv[5])
 ledgers = [Ledger(Layout.at(f"{base}/root{k}")) for k in range(trials)]
@@ -250,7 +252,7 @@ def test_docstring_examples_hold(module):
 
 
 def test_a_replay_killed_early_passes_its_origins_checkpoints_on():
-    from spark_recover.ledger import RunRecord, StageRecord
+    from spark_recover.history import RunRecord, StageRecord
     from spark_recover.plan import origin_stage
 
     first = RunRecord("A", "j", stages={"s": StageRecord("s", status="succeeded", version=4),
@@ -278,7 +280,7 @@ def test_a_sink_forgetting_transactions_within_the_recovery_window_is_warned_abo
 def test_a_replay_past_the_sinks_transaction_retention_is_refused():
     import datetime as dt
 
-    from spark_recover.ledger import RunRecord
+    from spark_recover.history import RunRecord
     from spark_recover.publication import check_txn_retention, writers
 
     t0 = dt.datetime(2026, 11, 1, tzinfo=dt.timezone.utc)

@@ -23,7 +23,8 @@ import pytest
 
 from spark_recover import lease, storage
 from spark_recover.errors import RefusedError, UsageError
-from spark_recover.ledger import Ledger, this_process
+from spark_recover.ledger import Ledger
+from spark_recover.liveness import this_process
 from spark_recover.storage import Layout
 from spark_recover.testing import job_env, run_cli
 

@@ -180,7 +180,7 @@ def test_vacuumed_recovery_point_is_a_clear_error(spark, source_data, recover_ro
 
 def test_rollback_of_running_run_is_refused(spark, sink_job, source_data, recover_root):
     from spark_recover.fingerprint import digest
-    from spark_recover.ledger import this_process
+    from spark_recover.liveness import this_process
 
     ledger = Ledger(Layout.at(recover_root))
     ledger.append("live-run", "sink_sales", "run_started",
