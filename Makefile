@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH)
 	$(BIN)/python -m bench.lease_race --trials 20
 	$(BIN)/python -m bench.connect --rounds 2
+	$(BIN)/python -m bench.history --e2e
 
 clean:
 	rm -rf $(VENV) .compat .spark-recover demo-data

@@ -9,6 +9,7 @@ refused (lease held, conflict). The read-only commands
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import os
 import sys
@@ -17,6 +18,8 @@ from typing import Any, Sequence
 from .config import Settings, load_settings
 from .errors import RecoverError, UsageError
 from .project import project_folder
+
+RUNS_PAGE = 50  # runs `spark-recover runs` lists unless told (--limit)
 
 __all__ = ["main", "job_main", "parse_params"]
 
@@ -123,6 +126,12 @@ def _parser() -> argparse.ArgumentParser:
     _common(drill)
     runs = sub.add_parser("runs", help="list runs")
     runs.add_argument("--job", help="only runs of this job")
+    runs.add_argument("--status", choices=("running", "succeeded", "failed", "rolled_back"),
+                      help="only runs with this status")
+    runs.add_argument("--since", metavar="WHEN", help="only runs started at or after WHEN (UTC: 2026-11-29 or "
+                      "2026-11-29T08:00)")
+    runs.add_argument("--limit", type=int, default=RUNS_PAGE, metavar="N",
+                      help=f"the N newest runs (default {RUNS_PAGE}; 0: all)")
     runs.add_argument("--json", action="store_true")
     _common(runs)
     show = sub.add_parser("show", help="show one run, stage by stage")
@@ -270,12 +279,31 @@ def _cmd_drill(args: argparse.Namespace) -> int:
 def _cmd_runs(args: argparse.Namespace) -> int:
     from .report import runs_text
 
-    records = _ledger(_settings(args)).runs(job=args.job)
+    if args.limit < 0:
+        raise UsageError(f"bad --limit {args.limit}", "expected 0 (all runs) or a positive number of runs")
+    newest = _ledger(_settings(args)).page(limit=args.limit or None, job=args.job, status=args.status,
+                                           since=_since(args.since))
     if args.json:
-        print(json.dumps([_summary_json(r) for r in reversed(records)], indent=2))
+        print(json.dumps([_summary_json(r) for r in newest], indent=2))
+    elif not newest:
+        print("no runs recorded yet" if not (args.job or args.status or args.since) else "no runs match")
     else:
-        print(runs_text(records) if records else "no runs recorded yet")
+        print(runs_text(list(reversed(newest))))
+        if len(newest) == args.limit:
+            print(f"(the {args.limit} newest shown: --limit N for more, --limit 0 for all)")
     return 0
+
+
+def _since(text: str | None) -> dt.datetime | None:
+    """``--since``: an ISO date or date and time, in UTC unless it names its offset."""
+    if text is None:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"bad --since {text!r}", "expected an ISO date or date and time in UTC, "
+                         "e.g. 2026-11-29 or 2026-11-29T08:00") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
 
 
 def _summary_json(record) -> dict[str, Any]:

@@ -27,7 +27,8 @@ from .errors import RefusedError
 from .liveness import process_alive
 
 __all__ = ["StageRecord", "RunRecord", "apply_event", "fold", "link_runs", "lineage", "origin_chain",
-           "commit_order", "start_order", "holder_error", "iso", "JOURNAL_EVENTS"]
+           "commit_order", "start_order", "holder_error", "iso", "JOURNAL_EVENTS", "replay_choice",
+           "replayable_lineage", "origin_stage"]
 
 # A rollback's journal is kept under the run's id but written by the rollback's process, not the run's.
 JOURNAL_EVENTS = frozenset({"rollback_started", "table_restored", "rollback_finished"})
@@ -261,6 +262,65 @@ def origin_chain(origin: RunRecord | None, runs: Sequence[RunRecord]) -> list[Ru
     while chain and chain[-1].origin_run_id in by_id and by_id[chain[-1].origin_run_id] not in chain:
         chain.append(by_id[chain[-1].origin_run_id])
     return chain
+
+
+def replay_choice(runs: Sequence[RunRecord], params_key: str) -> tuple[RunRecord | None, str]:
+    """What ``run --resume`` does over ``runs`` (oldest first): resume the newest failed run with these parameters, or not.
+
+    Returns ``(origin, why)``: the run to resume, or ``None`` with the reason
+    (no run to resume: start a new one; already succeeded or recovered: nothing
+    to do, which ``why`` starting with ``"done:"`` says).
+
+    >>> replay_choice([], "k")
+    (None, 'no earlier run with these parameters: starting a new run')
+    """
+    mine = [r for r in runs if r.params_key == params_key and not r.refused]
+    if not mine:
+        return None, "no earlier run with these parameters: starting a new run"
+    newest = mine[-1]
+    if newest.status == "running":
+        raise holder_error(newest)
+    if newest.status == "succeeded":
+        return None, f"done: run {newest.run_id} with these parameters already succeeded; nothing to resume"
+    if newest.recovered_by:
+        return None, (f"done: run {newest.run_id} was already recovered by run {newest.recovered_by}; "
+                      "nothing to resume")
+    if newest.status == "failed":
+        return newest, f"resuming failed run {newest.run_id}"
+    return None, f"run {newest.run_id} was rolled back: starting a new run"
+
+
+def replayable_lineage(origin: RunRecord, runs: Sequence[RunRecord]) -> list[RunRecord]:
+    """The lineage a replay of ``origin`` builds on; refused (exit 3) if it still runs or was recovered already."""
+    if origin.status == "running":
+        raise RefusedError(f"run {origin.run_id} is still running",
+                           f"its driver (pid {origin.process.get('pid')} on {origin.process.get('host')}) "
+                           f"was last seen {origin.last_seen}; resume it once it has stopped",
+                           run_id=origin.run_id)
+    fresh = next((r for r in runs if r.run_id == origin.run_id), origin)
+    if fresh.recovered_by:
+        raise RefusedError(f"run {origin.run_id} was already recovered by run {fresh.recovered_by}",
+                           "replaying it again would repeat a finished recovery; see "
+                           f"`spark-recover show {fresh.recovered_by}` (to replace its output, "
+                           f"`spark-recover redo {fresh.recovered_by}`)", run_id=origin.run_id,
+                           recovered_by=fresh.recovered_by)
+    return lineage(fresh, runs)
+
+
+def origin_stage(chain: Sequence[RunRecord], name: str) -> tuple[RunRecord, StageRecord | None]:
+    """The record of stage ``name`` a replay builds on, and the run it comes from.
+
+    ``chain`` is the origin, then its own origin, and so on. A replay that died
+    before it reached a stage (no record of starting it) passes that stage's
+    record on from its own origin: a resume of a resume that was killed early
+    must not lose what the first run computed. A stage the replay started
+    (running, failed, or decided to recompute) stops the walk.
+    """
+    for run in chain:
+        record = run.stages.get(name)
+        if record is not None and record.status != "pending":
+            return run, record
+    return chain[0], chain[0].stages.get(name)
 
 
 def holder_error(holder: RunRecord, logical_run: str | None = None) -> RefusedError:

@@ -86,7 +86,8 @@ class Claim:
 
         >>> claim_.check()   # doctest: +SKIP
         """
-        newer = [r for r in self.ledger.runs(self.job) if self.covers(r)
+        newer = [r for r in self.ledger.runs(self.job, params_key=self.params_key, logical_run=self.logical_run)
+                 if self.covers(r)
                  and r.run_id != self.run_id and r.run_id not in self.known]
         if newer:
             raise RefusedError(
@@ -156,14 +157,15 @@ def claim(ledger: Ledger, job: str, params_key: str, run_id: str, detail: Mappin
 
     >>> claim(ledger, "daily_sales", key, run_id, {"params": {...}})   # doctest: +SKIP
     """
-    runs, version, logical = _take(ledger, job, params_key, run_id, lambda at: ledger.append(
-        run_id, job, "run_started", only_at=at, detail=dict(detail)), origin_run_id=detail.get("origin_run_id"))
+    runs, version, logical = _take(ledger, job, params_key, run_id, lambda at, logical: ledger.append(
+        run_id, job, "run_started", only_at=at, params_key=params_key, logical_run_id=logical or run_id,
+        detail=dict(detail)), origin_run_id=detail.get("origin_run_id"))
     return Claim(ledger, run_id, job, params_key, frozenset(r.run_id for r in runs), version + 1, logical)
 
 
-def _take(ledger: Ledger, job: str, params_key: str, who: str, commit: Callable[[int], Any], *,
+def _take(ledger: Ledger, job: str, params_key: str, who: str, commit: Callable[[int, str | None], Any], *,
           origin_run_id: str | None = None) -> tuple[list[RunRecord], int, str | None]:
-    """Make ``commit(version)`` the very next commit after a ``version`` with the key free, or refuse.
+    """Make ``commit(version, logical run)`` the very next commit after a ``version`` with the key free, or refuse.
 
     Free: no live run of the key or of the logical run ``origin_run_id`` belongs to, and no live
     hold of the key; ``who`` is not a run id the ledger knows. Returns the competing runs then,
@@ -173,7 +175,8 @@ def _take(ledger: Ledger, job: str, params_key: str, who: str, commit: Callable[
     require_conditional_put(ledger.layout)
 
     def free(version: int) -> tuple[list[RunRecord], str | None]:
-        known = ledger.runs(version=version) if version >= 0 else []
+        known = ledger.runs(version=version, params_key=params_key, run_ids=[who, *filter(None, [origin_run_id])]) \
+            if version >= 0 else []
         if any(r.run_id == who for r in known):
             raise RefusedError(f"run id {who} is already in the ledger",
                                "expected a new run id for a new run; one run's events never merge into "
@@ -190,7 +193,13 @@ def _take(ledger: Ledger, job: str, params_key: str, who: str, commit: Callable[
             raise _hold_error(job, held)
         return runs, logical
 
-    (runs, logical), version = _commit_when_free(ledger, who, free, commit)
+    found: dict[str, str | None] = {}
+
+    def free_at(version: int) -> tuple[list[RunRecord], str | None]:
+        runs, found["logical"] = free(version)
+        return runs, found["logical"]
+
+    (runs, logical), version = _commit_when_free(ledger, who, free_at, lambda at: commit(at, found["logical"]))
     return runs, version, logical
 
 
@@ -298,7 +307,7 @@ def hold(ledger: Ledger, job: str, params_key: str, of: str) -> Iterator[None]:
     if hold_is_live(journal, ledger.dead_after) and journal["attempt"].get("process") == this_process():
         yield  # this process holds it already
         return
-    _take(ledger, job, params_key, f"the rollback of {of}", lambda at: ledger.append(
+    _take(ledger, job, params_key, f"the rollback of {of}", lambda at, _logical: ledger.append(
         key, "", "rollback_started", only_at=at, detail={"attempt": {"of": of, "process": this_process()}}),
         origin_run_id=of)  # a live resume of the run's logical run, whatever its parameters, holds it too
     # Beats under the hold's key (a ledger object of its own: the rollback's journal writes must not

@@ -1,16 +1,23 @@
-"""The ledger: a durable, append-only record of runs and stages.
+"""The ledger: a durable, append-only store of the events of runs.
 
 It is a plain Delta table (``<root>/ledger/events``) of events, written with
 delta-rs from the driver, one atomic commit per event. A SIGKILL at any
-instant therefore leaves whole events only: the state of a run is a fold of
-its events, and a run that stopped without a ``run_finished`` event is
-recognised as dead by its process (:mod:`spark_recover.liveness`) or by its
-missing heartbeat. Each event records ``ledger_version``, the version of its
-own commit, so events and runs are ordered by the storage's commit order,
-never by a clock (``ts`` is for people).
+instant therefore leaves whole events only; what they mean (a run's record,
+its logical run, whether it lives) is :mod:`spark_recover.history`'s. Each
+event records ``ledger_version``, the version of its own commit, so events
+and runs are ordered by the storage's commit order, never by a clock (``ts``
+is for people).
 
-Reading needs no JVM (``spark-recover runs`` and ``show``), and Spark SQL
-reads the same table::
+A run's cost does not grow with the history of the root: every event carries
+its run's ``params_key`` and ``logical_run_id``, and compaction keeps the
+files in key order, so a run start, its lease and ``show`` read only the row
+groups of their keys (file and row-group statistics), ``runs`` pages the
+newest first, and an append is one small commit whatever the history.
+Expired log files go at each checkpoint. A ledger written by an older release
+is read in place and gains the key columns, once, on its first write.
+
+Reading needs no JVM (``spark-recover runs`` and ``show``), and Spark SQL or
+DuckDB read the same table::
 
     SELECT run_id, stage, event, version, rows, seconds
     FROM delta.`<root>/ledger/events` ORDER BY ledger_version
@@ -19,11 +26,13 @@ reads the same table::
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
+import operator
 import re
 import threading
 import time
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import pyarrow as pa
 
@@ -50,9 +59,21 @@ SCHEMA = pa.schema([
     ("error", pa.string()),
     ("detail", pa.string()),  # JSON: whatever else the event carries
     ("ledger_version", pa.int64()),  # the version of this event's own commit (null in older ledgers)
+    # Every event carries its run's key and logical run, so a read selects what it needs by file statistics.
+    ("params_key", pa.string()),
+    ("logical_run_id", pa.string()),
 ])
-_TABLE_CONF = {"delta.checkpointInterval": "20"}
-_COMPACT_ABOVE_FILES = 200
+# The history is in the rows, never in old versions: expired log files go at each compaction (10
+# minutes: longer than any read at a version just read), removed data files after an hour (a
+# reader's snapshot outlives a compaction). _delta_log holds a checkpoint and the last minutes' commits.
+_TABLE_CONF = {"delta.checkpointInterval": "20", "delta.logRetentionDuration": "interval 10 minutes",
+               "delta.deletedFileRetentionDuration": "interval 1 hour"}
+_RETENTION_HOURS = 1
+_SMALL_FILE_BYTES = 1 << 20  # files below this are unsorted (single events, merged small files)
+_COMPACT_ABOVE_FILES = 20  # small files merged once there are this many
+_SORT_ABOVE_BYTES = 8 << 20  # unsorted bytes rewritten in key order once there are this many
+_ROW_GROUP_ROWS = 8192  # row groups a keyed read can skip by their statistics
+_SORT_KEYS = [("params_key", "ascending"), ("logical_run_id", "ascending"), ("ledger_version", "ascending")]
 _APPEND_ATTEMPTS = 200  # exclusive commits retried while other writers commit first
 _TORN_SCAN = 3  # newest commit files checked for a torn write: only the last write can be torn
 _COMMIT_FILE = re.compile(r"^\d{20}\.json$")
@@ -77,6 +98,7 @@ class Ledger:
         self.dead_after = dead_after
         self._lock = threading.Lock()
         self._table = None
+        self._stamps: dict[str, dict[str, str]] = {}  # run id -> its params_key and logical_run_id
         self.last_write = 0.0
 
     # -- writing ---------------------------------------------------------
@@ -103,6 +125,11 @@ class Ledger:
         except Exception as exc:  # diagnosed outside the lock
             raise self.unreadable(exc) from exc
 
+    def head(self) -> int:
+        """The ledger's latest commit version, read only (-1 when it does not exist yet)."""
+        table = self._open()
+        return -1 if table is None else table.version()
+
     def append(self, run_id: str, job: str, event: str, *, only_at: int | None = None,
                **values: Any) -> dict[str, Any]:
         """Append one event as one Delta commit (atomic: it is there whole or not at all).
@@ -113,7 +140,9 @@ class Ledger:
         first the event is written again on top of it. With ``only_at=V`` the
         commit must be version ``V + 1``: if any other commit came first,
         nothing is written and :class:`LeaseConflict` is raised. The storage's
-        commit order decides, never a clock.
+        commit order decides, never a clock. The row carries the run's
+        ``params_key`` and ``logical_run_id``: given (``run_started``) or as
+        the run's ``run_started`` recorded them.
         """
         detail = values.pop("detail", None)
         row: dict[str, Any] = {name: None for name in SCHEMA.names}
@@ -137,17 +166,23 @@ class Ledger:
         props = deltalake.CommitProperties(max_commit_retries=0)
         for _ in range(_APPEND_ATTEMPTS):
             table = self._open_for_write()
+            if not _current(table):
+                self._migrate()
+                continue
+            if row["params_key"] is None:
+                row.update(self._stamp(row["run_id"]) if row["event"] != "run_started" else self._start_stamp(row))
             if only_at is None:
                 table.update_incremental()
                 read = table.version()
             else:
                 table, read = self.layout.delta(self.uri, version=only_at), only_at
+                if not _current(table):  # migrated since the lease read it: the lease reads again
+                    raise LeaseConflict(f"the ledger was migrated after version {only_at}")
             row["ledger_version"] = read + 1
-            # A ledger written before events recorded their version gains the column on its first such write.
-            merge = "merge" if "ledger_version" not in {f.name for f in table.schema().fields} else None
             try:
                 deltalake.write_deltalake(table, pa.Table.from_pylist([row], schema=SCHEMA), mode="append",
-                                          schema_mode=merge, commit_properties=props)
+                                          commit_properties=props)
+                self._stamps[row["run_id"]] = {k: row[k] for k in ("params_key", "logical_run_id")}
                 return
             except deltalake.exceptions.CommitFailedError as exc:
                 if only_at is not None:
@@ -161,36 +196,166 @@ class Ledger:
         """The time stamp of a new event (the writer's wall clock: for people, not for order)."""
         return dt.datetime.now(dt.timezone.utc)
 
+    def _stamp(self, run_id: str) -> dict[str, str]:
+        """The ``params_key`` and ``logical_run_id`` of the events of ``run_id`` (a run, or a journal)."""
+        if run_id not in self._stamps:
+            if run_id.startswith("lease:"):  # a hold journal: lease:<job>:<params key>
+                self._stamps[run_id] = {"params_key": run_id.split(":", 2)[2], "logical_run_id": run_id}
+            else:
+                started = [ev for ev in self.events(run_id) if ev["event"] == "run_started"]
+                self._stamps[run_id] = {"params_key": started[0]["params_key"] if started else "",
+                                        "logical_run_id": started[0]["logical_run_id"] if started else run_id}
+        return self._stamps[run_id]
+
+    def _start_stamp(self, row: Mapping[str, Any]) -> dict[str, str]:
+        """The key columns of a ``run_started`` given without them: its parameters' key, its origin's logical run."""
+        detail = json.loads(row["detail"]) if row.get("detail") else {}
+        origin = detail.get("origin_run_id")
+        return {"params_key": detail.get("params_key", ""),
+                "logical_run_id": self._stamp(origin)["logical_run_id"] if origin else row["run_id"]}
+
     def compact(self) -> None:
-        """Merge the ledger's small per-event files once there are many (keeps reads fast)."""
+        """Keep reads and appends flat as history grows.
+
+        Small per-event files are merged once there are many; once the merged
+        ones add up, the whole ledger is rewritten in key order (params key,
+        logical run, commit) so a keyed read skips the files and row groups of
+        other keys; files removed an hour ago and expired log files are deleted.
+        A concurrent writer always wins: compaction gives way and nothing is lost.
+        """
         try:
             with self._lock:
                 table = self._open_for_write()
-        except Exception as exc:
-            raise self.unreadable(exc) from exc
-        with self._lock:
-            try:
                 table.update_incremental()
-                if len(table.file_uris()) > _COMPACT_ABOVE_FILES:
-                    table.optimize.compact()
-            except Exception:  # a concurrent compaction won; nothing is lost
-                pass
+                if not _current(table):
+                    return
+                sizes = table.get_add_actions(flatten=True).column("size_bytes").to_pylist()
+                small = [size for size in sizes if size < _SMALL_FILE_BYTES]
+                if sum(small) > _SORT_ABOVE_BYTES:
+                    self._rewrite(table, attempts=1)
+                elif len(small) > _COMPACT_ABOVE_FILES:
+                    table.optimize.compact(target_size=_SMALL_FILE_BYTES)
+                else:
+                    return
+                table.update_incremental()
+                table.vacuum(retention_hours=_RETENTION_HOURS, dry_run=False, enforce_retention_duration=False)
+                table.cleanup_metadata()
+        except Exception:  # a concurrent commit won, or the store is busy: the next run compacts
+            pass
+
+    def _migrate(self) -> None:
+        """Give a ledger written by an older release its key columns, once (the caller holds the lock).
+
+        Every event gets its run's ``params_key`` and ``logical_run_id``, folded from
+        the ledger as it is, in one exclusive commit: a concurrent append makes it
+        read and try again, so no event is lost.
+        """
+        import deltalake
+
+        table = self._open_for_write()
+        self._rewrite(table, attempts=_APPEND_ATTEMPTS, migrate=True)
+        for _ in range(_APPEND_ATTEMPTS):  # the log's retention, once (another writer may set it first)
+            table.update_incremental()
+            if all(table.metadata().configuration.get(k) == v for k, v in _TABLE_CONF.items()):
+                return
+            try:
+                table.alter.set_table_properties(dict(_TABLE_CONF), raise_if_not_exists=False)
+            except deltalake.exceptions.CommitFailedError:
+                continue
+
+    def _rewrite(self, table, *, attempts: int, migrate: bool = False) -> None:
+        """Rewrite the whole ledger in key order as the very next commit (an older ledger's key columns filled in)."""
+        import deltalake
+
+        props = deltalake.CommitProperties(max_commit_retries=0)
+        writer = deltalake.WriterProperties(max_row_group_size=_ROW_GROUP_ROWS, compression="ZSTD")
+        for _ in range(attempts):
+            table.update_incremental()
+            if migrate and _current(table):
+                return  # another writer migrated it first
+            read = table.version()
+            snapshot = self.layout.delta(self.uri, version=read)
+            data = self.layout.scan_delta(snapshot, self.uri)
+            if not _current(snapshot):
+                events = sorted(data.to_pylist(), key=lambda ev: commit_order(ev.get("ledger_version"), ev["ts"]))
+                runs = history.fold(events, dead_after=self.dead_after)
+                data = pa.Table.from_pylist([{**ev, **_legacy_stamp(ev["run_id"], runs)} for ev in events],
+                                            schema=SCHEMA)
+            try:
+                deltalake.write_deltalake(snapshot, data.sort_by(_SORT_KEYS), mode="overwrite", schema_mode="merge",
+                                          writer_properties=writer, commit_properties=props)
+                return
+            except deltalake.exceptions.CommitFailedError:
+                continue  # another writer committed first: read again
+        raise LedgerError("could not rewrite the ledger in key order",
+                          f"{self.uri}: other writers committed first {attempts} times", uri=self.uri)
 
     # -- reading ---------------------------------------------------------
-    def _events(self, run_id: str | None = None, version: int | None = None) -> list[dict[str, Any]]:
-        """Events in commit order (events of an older ledger without versions first, by time)."""
-        import deltalake
-        import pyarrow.dataset as ds
+    # The ledger's files are kept in params-key order (see compact), so a read by key opens only the
+    # row groups of its keys. A read by run id or logical run first resolves them to params keys with
+    # a scan of those narrow columns, then reads by key.
 
-        flt = ds.field("run_id") == run_id if run_id else None
+    def _open(self, version: int | None = None):
+        """The ledger's table (at ``version``), or ``None`` when it does not exist yet."""
+        import deltalake
+
         try:
-            table = self.layout.read_delta(self.uri, version=version, filter=flt)
+            return self.layout.delta(self.uri, version=version)
         except deltalake.exceptions.TableNotFoundError:
-            return []
+            return None
         except Exception as exc:
             raise self.unreadable(exc) from exc
-        events = table.to_pylist()
-        return sorted(events, key=lambda ev: commit_order(ev.get("ledger_version"), ev["ts"]))
+
+    def _scan(self, table, where=None, columns: list[str] | None = None) -> pa.Table:
+        """The rows of the ledger's ``table`` that ``where`` selects (the ``columns`` it has)."""
+        names = [f.name for f in table.schema().fields]
+        try:
+            return self.layout.scan_delta(table, self.uri, filter=where,
+                                          columns=[c for c in columns if c in names] if columns else None)
+        except Exception as exc:
+            raise self.unreadable(exc) from exc
+
+    def _rows(self, table, where=None) -> list[dict[str, Any]]:
+        """Events in commit order (events of an older ledger without versions first, by time)."""
+        if table is None:
+            return []
+        return sorted(self._scan(table, where).to_pylist(),
+                      key=lambda ev: commit_order(ev.get("ledger_version"), ev["ts"]))
+
+    def _keys_of(self, table, *, run_ids: Iterable[str] = (), logical_runs: Iterable[str] = ()) -> set[str]:
+        """The params keys of the events of ``run_ids`` and of ``logical_runs`` (a scan of two narrow columns)."""
+        import pyarrow.dataset as ds
+
+        terms = [ds.field(column).isin(sorted(values)) for column, values in
+                 (("run_id", set(run_ids)), ("logical_run_id", set(logical_runs))) if values]
+        if not terms:
+            return set()
+        found = self._scan(table, functools.reduce(operator.or_, terms), ["params_key"]).column("params_key")
+        return set(found.unique().to_pylist())
+
+    def _by_keys(self, table, keys: set[str]) -> list[dict[str, Any]]:
+        import pyarrow.dataset as ds
+
+        return self._rows(table, ds.field("params_key").isin(sorted(keys))) if keys else []
+
+    def _related(self, *, version: int | None = None, keys: Iterable[str] = (), logical_runs: Iterable[str] = (),
+                 run_ids: Iterable[str] = ()) -> dict[str, RunRecord]:
+        """The runs with ``keys``, in ``logical_runs`` or with ``run_ids``, each with its whole logical run.
+
+        A ledger of an older release (no key columns yet) is read whole.
+        """
+        table = self._open(version)
+        if table is None or not _current(table):
+            return self._fold(self._rows(table))
+        wanted = set(keys) | self._keys_of(table, run_ids=run_ids, logical_runs=logical_runs)
+        events = self._by_keys(table, wanted)
+        while True:  # a replay with other parameters (an override) belongs to its logical run too
+            more = self._keys_of(table, logical_runs={ev["logical_run_id"] for ev in events}) - wanted
+            if not more:
+                break
+            wanted |= more
+            events = self._by_keys(table, wanted)
+        return self._fold(events)
 
     def unreadable(self, exc: Exception, headline: str = "could not read the ledger",
                    doing: str = "") -> RecoverError:
@@ -235,18 +400,18 @@ class Ledger:
 
     def points(self) -> dict[str, dict[str, Any]]:
         """Named recovery points: name -> {created_at, tables}."""
+        import pyarrow.dataset as ds
+
         out: dict[str, dict[str, Any]] = {}
-        for ev in self._events():
-            if ev["event"] == "point_created":
-                detail = json.loads(ev["detail"])
-                out[detail["name"]] = {"name": detail["name"], "created_at": iso(ev["ts"]),
-                                       "tables": detail["tables"]}
+        for ev in self._rows(self._open(), ds.field("event") == "point_created"):
+            detail = json.loads(ev["detail"])
+            out[detail["name"]] = {"name": detail["name"], "created_at": iso(ev["ts"]), "tables": detail["tables"]}
         return out
 
     def journal(self, journal_id: str) -> dict[str, Any] | None:
         """The newest rollback journal kept under ``journal_id`` (a named point's: ``point:NAME``)."""
         record = RunRecord(journal_id, "")
-        for ev in self._events(journal_id):
+        for ev in self.events(journal_id):
             if ev["event"] == "rollback_started" and record.rollback and record.rollback.get("finished"):
                 record.rollback = None  # a new rollback to the same point: a new journal
             apply_event(record, ev)
@@ -254,20 +419,90 @@ class Ledger:
             return None
         return {**record.rollback, "last_seen": iso(record.last_seen)}  # heartbeats under this id, if any
 
+    def events(self, run_id: str) -> list[dict[str, Any]]:
+        """The events kept under ``run_id`` (a run's, or a journal's), in commit order."""
+        table = self._open()
+        if table is None:
+            return []
+        events = self._by_keys(table, self._keys_of(table, run_ids=[run_id])) if _current(table) else self._rows(table)
+        return [ev for ev in events if ev["run_id"] == run_id]
+
     def run(self, run_id: str) -> RunRecord:
-        """The record of one run; :class:`UnknownRunError` if the ledger has none."""
-        found = self._fold(self._events()).get(run_id)
+        """The record of one run, linked with its logical run; :class:`UnknownRunError` if the ledger has none."""
+        found = self._related(run_ids=[run_id]).get(run_id)
         if found is None:
             raise UnknownRunError(f"unknown run id {run_id!r}",
                                   f"the ledger at {self.uri} has no run with that id; "
                                   "`spark-recover runs` lists the known ones", run_id=run_id)
         return found
 
-    def runs(self, job: str | None = None, version: int | None = None) -> list[RunRecord]:
-        """All runs (of one job), oldest first; with ``version``, as the ledger was then."""
-        runs = self._fold(self._events(version=version)).values()
-        return sorted((r for r in runs if job is None or r.job == job), key=start_order)
+    def runs(self, job: str | None = None, *, params_key: str | None = None, logical_run: str | None = None,
+             run_ids: Sequence[str] = (), version: int | None = None) -> list[RunRecord]:
+        """Runs (of one job), oldest first; with ``version``, as the ledger was then.
+
+        With ``params_key``, ``logical_run`` or ``run_ids``, only what those need is
+        read: the runs with that key, of that logical run or with those ids, each
+        with its whole logical run (callers pick from these; a few others, of other
+        jobs with the same parameters, may come along). Without, every run.
+        """
+        selectors = {"keys": [params_key] if params_key else [], "logical_runs": [logical_run] if logical_run else [],
+                     "run_ids": list(run_ids)}
+        folded = self._related(version=version, **selectors) if any(selectors.values()) \
+            else self._fold(self._rows(self._open(version)))
+        return sorted((r for r in folded.values() if job is None or r.job == job), key=start_order)
 
     def logical_run(self, record: RunRecord) -> list[RunRecord]:
         """The runs of ``record``'s logical run (its lineage), oldest first."""
-        return history.lineage(record, self.runs(record.job))
+        return history.lineage(record, self.runs(record.job, logical_run=record.logical_run_id or record.run_id))
+
+    def page(self, *, limit: int | None = 50, job: str | None = None, status: str | None = None,
+             since: dt.datetime | None = None) -> list[RunRecord]:
+        """The newest runs first, at most ``limit`` (``None``: all), of ``job``, with ``status``, started at or after ``since``.
+
+        Reads the runs' start events, then folds only the logical runs of the
+        page's candidates, a batch at a time, until the page is full.
+        """
+        import pyarrow.dataset as ds
+
+        where = ds.field("event") == "run_started"
+        if job is not None:
+            where &= ds.field("job") == job
+        if since is not None:
+            where &= ds.field("ts") >= since
+        table = self._open()
+        if table is None:
+            return []
+        # Newest first, in Arrow: only the page's candidates become Python objects.
+        starts = self._scan(table, where, ["run_id", "logical_run_id", "ledger_version", "ts"]).sort_by(
+            [("ledger_version", "descending"), ("ts", "descending")])
+        out: list[RunRecord] = []
+        batch = max(limit or 0, 50)
+        for at in range(0, starts.num_rows, batch):
+            chunk = starts.slice(at, batch).to_pylist()
+            folded = self._related(logical_runs=sorted({ev.get("logical_run_id") or ev["run_id"] for ev in chunk}),
+                                   run_ids=[ev["run_id"] for ev in chunk])
+            for ev in chunk:
+                run = folded.get(ev["run_id"])
+                if run is not None and (status is None or run.status == status):
+                    out.append(run)
+                    if len(out) == limit:
+                        return out
+        return out
+
+
+def _current(table) -> bool:
+    """Whether the ledger's table has the key columns (a ledger of an older release is migrated once)."""
+    return "logical_run_id" in {f.name for f in table.schema().fields}
+
+
+def _identity(ev: Mapping[str, Any]) -> tuple:
+    return ev["run_id"], ev.get("ledger_version"), ev["event"], ev["ts"]
+
+
+def _legacy_stamp(run_id: str, runs: Mapping[str, RunRecord]) -> dict[str, str]:
+    """The key columns of an event of an older ledger: its run's (a hold journal's from its id)."""
+    run = runs.get(run_id)
+    if run is not None:
+        return {"params_key": run.params_key, "logical_run_id": run.logical_run_id or run_id}
+    key = run_id.split(":", 2)[2] if run_id.startswith("lease:") else ""
+    return {"params_key": key, "logical_run_id": run_id}

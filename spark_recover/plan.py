@@ -13,9 +13,9 @@ from typing import Any, Callable, Collection, Mapping, Sequence
 
 from .fingerprint import code_parts, explain_change, library_versions, stage_fingerprint
 from .job import Job, Stage
-from .history import RunRecord, StageRecord
+from .history import RunRecord, StageRecord, origin_stage
 
-__all__ = ["StagePlan", "plan_run", "origin_stage"]
+__all__ = ["StagePlan", "plan_run"]
 
 
 @dataclass
@@ -47,22 +47,6 @@ def _parts(stage: Stage, job_file: str | None, params: Mapping[str, Any], pins: 
     }
 
 
-def origin_stage(chain: Sequence[RunRecord], name: str) -> tuple[RunRecord, StageRecord | None]:
-    """The record of stage ``name`` a replay builds on, and the run it comes from.
-
-    ``chain`` is the origin, then its own origin, and so on. A replay that died
-    before it reached a stage (no record of starting it) passes that stage's
-    record on from its own origin: a resume of a resume that was killed early
-    must not lose what the first run computed. A stage the replay started
-    (running, failed, or decided to recompute) stops the walk.
-    """
-    for run in chain:
-        record = run.stages.get(name)
-        if record is not None and record.status != "pending":
-            return run, record
-    return chain[0], chain[0].stages.get(name)
-
-
 def plan_run(job: Job, params: Mapping[str, Any], pins: Mapping[str, Any],
              origin: RunRecord | None = None, rerun: Collection[str] = (),
              verify: Callable[[StageRecord], str | None] = lambda _: None,
@@ -74,7 +58,7 @@ def plan_run(job: Job, params: Mapping[str, Any], pins: Mapping[str, Any],
 
     ``verify`` checks a candidate checkpoint and returns what is wrong with it
     (it is called only for stages that would otherwise be reused).
-    ``ancestors`` are the origin's own origins, nearest first (see :func:`origin_stage`).
+    ``ancestors`` are the origin's own origins, nearest first (see :func:`~spark_recover.history.origin_stage`).
     """
     forced = job.downstream(list(rerun)) if rerun else set()
     fingerprints: dict[str, str] = {}

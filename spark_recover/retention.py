@@ -29,6 +29,7 @@ from .storage import Layout, Storage, canonical, native_uri, spark_uri
 __all__ = ["gc", "interval_days", "RECOVERY_WINDOW_DAYS"]
 
 RECOVERY_WINDOW_DAYS = 7.0  # gc's default keep-days: how long a run stays resumable
+_PROGRESS_EVERY = 1000  # checkpoint tables between two progress lines
 
 _DEFAULTS_DAYS = {"delta.deletedFileRetentionDuration": 7.0, "delta.logRetentionDuration": 30.0}
 _UNIT_DAYS = {"microsecond": 1 / 86_400_000_000, "millisecond": 1 / 86_400_000, "second": 1 / 86_400,
@@ -63,17 +64,15 @@ def _needed_runs(runs: list[RunRecord], keep_days: float, now: dt.datetime) -> l
             or newest_success.get((r.job, r.params_key)) is r]
 
 
-def _needed(ledger: Ledger, keep_days: float) -> tuple[list[RunRecord], dict[str, set[int]], set[str]]:
-    """The ledger now: its runs, the checkpoint versions they need, the folders of running runs."""
-    runs = ledger.runs()
+def _needed(runs: list[RunRecord], layout: Layout, keep_days: float) -> tuple[dict[str, set[int]], set[str]]:
+    """The checkpoint versions ``runs`` need, and the checkpoint folders of the running ones."""
     needed: dict[str, set[int]] = defaultdict(set)
     for run in _needed_runs(runs, keep_days, dt.datetime.now(dt.timezone.utc)):
         for stage in run.stages.values():
             if stage.checkpoint and stage.version is not None:
                 needed[canonical(stage.checkpoint)].add(int(stage.version))
-    layout = ledger.layout
     running = {canonical(f"{layout.checkpoints}/{r.job}/{r.params_key}") for r in runs if r.status == "running"}
-    return runs, needed, running
+    return needed, running
 
 
 def _checkpoint_tables(layout: Layout) -> list[tuple[str, bool]]:
@@ -121,8 +120,9 @@ def gc(keep_days: float = RECOVERY_WINDOW_DAYS, *, root: str | None = None, sett
        spark=None, dry_run: bool = False, echo: bool = True) -> dict[str, Any]:
     """Remove checkpoints no resumable run needs; warn about short Delta retention.
 
-    The ledger is read again right before each deletion, so a run that starts
-    meanwhile keeps its checkpoints.
+    Before deleting the tables of a job and parameters, the runs of those
+    parameters are read again if the ledger changed, so a run that starts
+    meanwhile keeps its checkpoints. A progress line every 1,000 tables.
 
     >>> gc(keep_days=14, root="/tmp/recover")   # doctest: +SKIP
     {'deleted_tables': [...], 'vacuumed_tables': [...], 'warnings': [...]}
@@ -132,16 +132,25 @@ def gc(keep_days: float = RECOVERY_WINDOW_DAYS, *, root: str | None = None, sett
     layout = Layout.at(settings.root, settings.storage_options)
     ledger = Ledger(layout, settings.dead_after_seconds)
     now = dt.datetime.now(dt.timezone.utc)
-    runs, needed, running = _needed(ledger, keep_days)
+    read_at = ledger.head()
+    runs = ledger.runs()
+    needed, running = _needed(runs, layout, keep_days)
     report: dict[str, Any] = {"deleted_tables": [], "vacuumed_tables": [], "kept_tables": [], "warnings": []}
     fresh_for = None
-    for table, older_layout in _checkpoint_tables(layout):
+    tables = _checkpoint_tables(layout)
+    for n, (table, older_layout) in enumerate(tables, 1):
+        if n % _PROGRESS_EVERY == 0:
+            say(f"gc: {n:,} of {len(tables):,} checkpoint tables checked")
         key = canonical(table)
         folder = key.split("/checkpoints/", 1)[-1].split("/")[:2]  # job, params key
         if not needed.get(key) and not dry_run:
-            if folder != fresh_for:  # read the ledger again: a run of these params may have started since
-                _, needed, running = _needed(ledger, keep_days)
-                fresh_for = folder
+            if folder != fresh_for and len(folder) == 2 and ledger.head() != read_at:
+                # A run of these params may have started since the ledger was read: read their runs again.
+                more_needed, more_running = _needed(ledger.runs(folder[0], params_key=folder[1]), layout, keep_days)
+                for location, versions in more_needed.items():
+                    needed[location] |= versions
+                running |= more_running
+            fresh_for = folder
             if any(key.startswith(f + "/") for f in running) and not needed.get(key):
                 report["kept_tables"].append(table)
                 continue

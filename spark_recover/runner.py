@@ -112,27 +112,9 @@ def resume_command(run_id: str, settings: Settings) -> str:
 
 
 def replay_choice(ledger: Ledger, job: Job, params: Mapping[str, Any]) -> tuple[RunRecord | None, str]:
-    """What ``run --resume`` does: resume the newest failed run with these parameters, or not.
-
-    Returns ``(origin, why)``: the run to resume, or ``None`` with the reason
-    (no run to resume: start a new one; already succeeded or recovered: nothing
-    to do, which ``why`` starting with ``"done:"`` says). Needs no JVM.
-    """
+    """What ``run --resume`` does (:func:`spark_recover.history.replay_choice`), read from ``ledger``. Needs no JVM."""
     key = params_key(params)
-    runs = [r for r in ledger.runs(job.name) if r.params_key == key and not r.refused]
-    if not runs:
-        return None, "no earlier run with these parameters: starting a new run"
-    newest = runs[-1]
-    if newest.status == "running":
-        raise history.holder_error(newest)
-    if newest.status == "succeeded":
-        return None, f"done: run {newest.run_id} with these parameters already succeeded; nothing to resume"
-    if newest.recovered_by:
-        return None, (f"done: run {newest.run_id} was already recovered by run {newest.recovered_by}; "
-                      "nothing to resume")
-    if newest.status == "failed":
-        return newest, f"resuming failed run {newest.run_id}"
-    return None, f"run {newest.run_id} was rolled back: starting a new run"
+    return history.replay_choice(ledger.runs(job.name, params_key=key), key)
 
 
 @dataclass
@@ -162,24 +144,6 @@ def _new_context(job: Job, params: Mapping[str, Any], settings: Settings, echo: 
     params = _check_params(params)
     return RunContext(job, params, params_key(params), settings, layout,
                       Ledger(layout, dead_after=settings.dead_after_seconds), new_run_id(), _echo_to(echo))
-
-
-def _check_replayable(ctx: RunContext, origin: RunRecord) -> list[RunRecord]:
-    """The origin's logical run, after refusing a replay of a run that was already recovered."""
-    if origin.status == "running":
-        raise RefusedError(f"run {origin.run_id} is still running",
-                           f"its driver (pid {origin.process.get('pid')} on {origin.process.get('host')}) "
-                           f"was last seen {origin.last_seen}; resume it once it has stopped",
-                           run_id=origin.run_id)
-    runs = ctx.ledger.runs(ctx.job.name)
-    fresh = next((r for r in runs if r.run_id == origin.run_id), origin)
-    if fresh.recovered_by:
-        raise RefusedError(f"run {origin.run_id} was already recovered by run {fresh.recovered_by}",
-                           "replaying it again would repeat a finished recovery; see "
-                           f"`spark-recover show {fresh.recovered_by}` (to replace its output, "
-                           f"`spark-recover redo {fresh.recovered_by}`)", run_id=origin.run_id,
-                           recovered_by=fresh.recovered_by)
-    return history.lineage(fresh, runs)
 
 
 def _check_cluster_storage(ctx: RunContext, master: str, targets: list[SinkTarget]) -> None:
@@ -220,9 +184,10 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
         raise UsageError(f"job {job.name!r} has no stages", "expected at least one @job.stage")
     failpoints.check(stage_names)
     job.downstream(list(rerun))  # validates the names
-    lineage = _check_replayable(ctx, resume_from) if resume_from is not None else []
+    lineage = history.replayable_lineage(resume_from, ctx.ledger.runs(job.name, run_ids=[resume_from.run_id])) \
+        if resume_from is not None else []
     if resume_from is None and not new_run:
-        refusal = plain_rerun_refusal(ctx.ledger.runs(job.name), ctx.params_key, job.file)
+        refusal = plain_rerun_refusal(ctx.ledger.runs(job.name, params_key=ctx.params_key), ctx.params_key, job.file)
         if refusal is not None:
             raise refusal
     targets = publication.resolve_sinks(job, ctx.params, ctx.layout, ctx.settings.sink_root,
@@ -311,7 +276,8 @@ def dead_connect_runs(runs: list[RunRecord], run_id: str, params_key: str,
 
 def _stop_dead_operations(ctx: RunContext, spark, origin: RunRecord | None) -> None:
     """A Connect server keeps a killed client's operations running: stop them before this run writes."""
-    for dead in dead_connect_runs(ctx.ledger.runs(ctx.job.name), ctx.run_id, ctx.params_key, origin):
+    for dead in dead_connect_runs(ctx.ledger.runs(ctx.job.name, params_key=ctx.params_key), ctx.run_id,
+                                  ctx.params_key, origin):
         outcome = session.stop_dead_operations(dead.connect, sessions=dead.merge_sessions, spark=spark,
                                                remote=ctx.settings.remote)
         ctx.log("dead_operations_stopped", detail={"run_id": dead.run_id, **outcome})
@@ -319,7 +285,7 @@ def _stop_dead_operations(ctx: RunContext, spark, origin: RunRecord | None) -> N
 
 
 def _recovery_metrics(ctx: RunContext, plans: list[StagePlan], total: float) -> dict[str, Any]:
-    clean, basis = _clean_seconds(ctx.ledger.runs(ctx.job.name), ctx.record)
+    clean, basis = _clean_seconds(ctx.ledger.runs(ctx.job.name, params_key=ctx.params_key), ctx.record)
     return {"recovery_seconds": round(total, 3), "clean_seconds": clean, "clean_seconds_basis": basis,
             "recovery_ratio": round(total / clean, 4) if clean else None,
             "reused_stages": sum(1 for p in plans if p.reuse),
@@ -449,7 +415,7 @@ def _publish(ctx: RunContext, spark, targets: list[SinkTarget], lineage: list[Ru
     ctx.log("recovery_point", detail={"tables": point, "inherited_from": inherited})
     prior_of = publication.priors(lineage)
     first_key = lineage[0].params_key if lineage else ctx.params_key
-    runs = ctx.ledger.runs(ctx.job.name)
+    runs = ctx.ledger.runs(ctx.job.name, params_key=first_key)  # every run with a sink transaction of this app
     log_stores = {key: spark.conf.get(key, None) for key in lease.LOG_STORE_KEYS}  # S3 tables: lease or not
     for st in targets:
         data = ctx.record.stages[st.sink.stage]

@@ -204,11 +204,17 @@ def read_delta(location: str, version: int | None = None, filter=None,
 
     >>> read_delta("/tmp/recover/ledger/events").num_rows   # doctest: +SKIP
     """
+    return scan_delta(open_delta(location, version, storage_options), location, filter, storage_options=storage_options)
+
+
+def scan_delta(table, location: str, filter=None, columns: list[str] | None = None,
+               storage_options: Mapping[str, str] | None = None):
+    """Scan an open delta-rs ``table`` into a pyarrow Table, skipping files and row groups by ``filter``."""
     import pyarrow.fs as pafs
 
-    table = open_delta(location, version, storage_options)
     fs, base = filesystem(location, storage_options)
-    return table.to_pyarrow_dataset(filesystem=pafs.SubTreeFileSystem(base, fs)).to_table(filter=filter)
+    dataset = table.to_pyarrow_dataset(filesystem=pafs.SubTreeFileSystem(base, fs))
+    return dataset.to_table(filter=filter, columns=columns)
 
 
 def delete_tree(location: str, storage_options: Mapping[str, str] | None = None) -> None:
@@ -237,6 +243,9 @@ class Storage:
 
     def read_delta(self, location: str, version: int | None = None, filter=None):
         return read_delta(location, version, filter, self.storage_options)
+
+    def scan_delta(self, table, location: str, filter=None, columns: list[str] | None = None):
+        return scan_delta(table, location, filter, columns, self.storage_options)
 
     def delete_tree(self, location: str) -> None:
         delete_tree(location, self.storage_options)

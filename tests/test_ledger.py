@@ -215,7 +215,7 @@ def test_heartbeat_survives_errors_that_are_not_ledger_errors(tmp_path):
         assert beat.is_alive()
     finally:
         beat.stop()
-    beats = [e for e in Ledger(Layout.at(str(tmp_path)))._events("r1") if e["event"] == "heartbeat"]
+    beats = [e for e in Ledger(Layout.at(str(tmp_path))).events("r1") if e["event"] == "heartbeat"]
     assert beats, "the heartbeat stopped beating after a failure"
 
 
@@ -299,7 +299,7 @@ def test_commit_order_survives_compaction(tmp_path, monkeypatch):
     assert [r.run_id for r in Ledger(Layout.at(str(tmp_path))).runs("j")] == [f"r{n}" for n in range(6)]
 
 
-@pytest.mark.parametrize("module", ["liveness", "ledger", "config"])
+@pytest.mark.parametrize("module", ["liveness", "ledger", "config", "history"])
 def test_docstring_examples_of_liveness_hold(module):
     import doctest
     import importlib

@@ -253,7 +253,7 @@ def test_docstring_examples_hold(module):
 
 def test_a_replay_killed_early_passes_its_origins_checkpoints_on():
     from spark_recover.history import RunRecord, StageRecord
-    from spark_recover.plan import origin_stage
+    from spark_recover.history import origin_stage
 
     first = RunRecord("A", "j", stages={"s": StageRecord("s", status="succeeded", version=4),
                                         "t": StageRecord("t", status="failed")})

@@ -159,7 +159,7 @@ def _plan(ledger: Ledger, run_id: str, table: str = "s3://warehouse/daily/"):  #
 
 
 def _version_of(ledger: Ledger, run_id: str, event: str) -> int:
-    return next(ev["ledger_version"] for ev in ledger._events(run_id) if ev["event"] == event)
+    return next(ev["ledger_version"] for ev in ledger.events(run_id) if ev["event"] == event)
 
 
 def test_a_live_writer_of_an_s3_table_makes_another_wait_then_refuses(tmp_path):
@@ -171,7 +171,7 @@ def test_a_live_writer_of_an_s3_table_makes_another_wait_then_refuses(tmp_path):
     assert err.value.exit_code == 3 and err.value.fields["holder"] == "day1"
     assert "still being written by run day1" in str(err.value) and "S3DynamoDBLogStore" in err.value.detail
     assert len(said) == 1 and "waiting for run day1" in said[0]
-    assert [ev["event"] for ev in ledger._events("day2")] == []  # it planned nothing
+    assert [ev["event"] for ev in ledger.events("day2")] == []  # it planned nothing
 
 
 def test_the_table_lease_passes_when_the_writer_finishes_or_is_dead(tmp_path):
