@@ -177,11 +177,12 @@ def markdown(results: dict) -> str:
         lines += ["", "`gc --dry-run` over a checkpoint table per stage of every run: " + "; ".join(
             f"{r['gc_tables']:,} tables in {r['gc_dry_run_s']:.2f} s" for r in gcs.values()) + "."]
     sizes = list(results["sizes"])
-    if len(sizes) > 1:
-        first, last = results["sizes"][sizes[0]], results["sizes"][sizes[-1]]
-        lines += ["", f"At {int(sizes[-1]):,} runs against {int(sizes[0]):,}: run start "
-                  f"{last['run_start_s'] / first['run_start_s']:.2f}x, show {last['show_s'] / first['show_s']:.2f}x, "
-                  f"append {last['append_s'] / first['append_s']:.2f}x."]
+    for size in sizes[1:]:
+        first, this = results["sizes"][sizes[0]], results["sizes"][size]
+        lines += ["", f"At {int(size):,} runs against {int(sizes[0]):,}: run start "
+                  f"{this['run_start_s'] / first['run_start_s']:.2f}x, show {this['show_s'] / first['show_s']:.2f}x, "
+                  f"append {this['append_s'] / first['append_s']:.2f}x, runs page "
+                  f"{this['runs_page_s'] / first['runs_page_s']:.2f}x."]
     if "e2e" in results:
         e = results["e2e"]
         lines += ["", f"End to end, the tiny job's `spark-recover run` (median of 3, interleaved): {e['fresh']} s on a "

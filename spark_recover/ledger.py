@@ -199,12 +199,10 @@ class Ledger:
     def _stamp(self, run_id: str) -> dict[str, str]:
         """The ``params_key`` and ``logical_run_id`` of the events of ``run_id`` (a run, or a journal)."""
         if run_id not in self._stamps:
-            if run_id.startswith("lease:"):  # a hold journal: lease:<job>:<params key>
-                self._stamps[run_id] = {"params_key": run_id.split(":", 2)[2], "logical_run_id": run_id}
-            else:
-                started = [ev for ev in self.events(run_id) if ev["event"] == "run_started"]
-                self._stamps[run_id] = {"params_key": started[0]["params_key"] if started else "",
-                                        "logical_run_id": started[0]["logical_run_id"] if started else run_id}
+            started = [] if run_id.startswith("lease:") else \
+                [ev for ev in self.events(run_id) if ev["event"] == "run_started"]
+            self._stamps[run_id] = {k: started[0][k] for k in ("params_key", "logical_run_id")} if started \
+                else _journal_stamp(run_id)
         return self._stamps[run_id]
 
     def _start_stamp(self, row: Mapping[str, Any]) -> dict[str, str]:
@@ -500,9 +498,14 @@ def _identity(ev: Mapping[str, Any]) -> tuple:
 
 
 def _legacy_stamp(run_id: str, runs: Mapping[str, RunRecord]) -> dict[str, str]:
-    """The key columns of an event of an older ledger: its run's (a hold journal's from its id)."""
+    """The key columns of an event of an older ledger: its run's, else its journal's."""
     run = runs.get(run_id)
     if run is not None:
         return {"params_key": run.params_key, "logical_run_id": run.logical_run_id or run_id}
-    key = run_id.split(":", 2)[2] if run_id.startswith("lease:") else ""
-    return {"params_key": key, "logical_run_id": run_id}
+    return _journal_stamp(run_id)
+
+
+def _journal_stamp(journal_id: str) -> dict[str, str]:
+    """The key columns of a journal's events: a hold's (``lease:<job>:<params key>``) carry its key."""
+    key = journal_id.split(":", 2)[2] if journal_id.startswith("lease:") else ""
+    return {"params_key": key, "logical_run_id": journal_id}
