@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import importlib
+
+import pytest
+
 from spark_recover.history import RunRecord
 from spark_recover.runner import dead_connect_runs
 from spark_recover.session import _attach_url, dead_operations_text, stop_dead_operations
 from spark_recover.testing import free_port
 
+
+def _client_missing() -> str | None:
+    """Why pyspark's Spark Connect client cannot load here (a pyspark without its ``connect`` extra), or None."""
+    try:
+        importlib.import_module("pyspark.sql.connect.client")
+    except ImportError as exc:
+        return str(exc)
+    return None
+
+
+needs_client = pytest.mark.skipif(_client_missing() is not None,
+                                  reason=f"needs the Spark Connect client (pyspark[connect]): {_client_missing()}")
 CONNECT = {"server": "127.0.0.1:15002", "session_id": "s", "user_id": None, "tag": "spark-recover-run-x"}
 
 
@@ -34,6 +50,7 @@ def test_what_it_says():
         dead_operations_text("r1", {"operations": [], "seconds": 0.1, "unreachable": None})
 
 
+@needs_client
 def test_a_server_that_cannot_be_reached_is_said_so_at_once():
     """A real gRPC client against a closed port: no retries for minutes, the reason in a warning."""
     outcome = stop_dead_operations({**CONNECT, "server": f"127.0.0.1:{free_port()}",
@@ -42,6 +59,7 @@ def test_a_server_that_cannot_be_reached_is_said_so_at_once():
     assert dead_operations_text("r1", outcome).startswith("warning: dead run r1: its Spark Connect server cannot")
 
 
+@needs_client
 def test_the_dead_session_is_reached_with_the_channel_settings_of_the_same_server_only():
     dead = {**CONNECT, "user_id": "etl"}
     url = _attach_url(dead, remote="sc://127.0.0.1:15002/;token=abc;use_ssl=true;session_id=mine")
