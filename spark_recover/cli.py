@@ -138,6 +138,10 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("run_id")
     show.add_argument("--json", action="store_true")
     _common(show)
+    report = sub.add_parser("report", help="one logical run: every attempt's stages on a timeline, sinks, R/D/RTO")
+    report.add_argument("run_id", help="any run of the logical run")
+    report.add_argument("--html", metavar="FILE", help="write the report as one self-contained HTML page")
+    _common(report)
     jars = sub.add_parser("jars", help="print the local paths of the jars spark-submit needs (resolved once, cached)")
     jars.add_argument("--s3a", action="store_true", help="also Hadoop's S3A connector and the AWS SDK modules it uses")
     _common(jars)
@@ -248,7 +252,7 @@ def _cmd_point(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(points, indent=2))
     else:
-        from .report import table
+        from .display import table
         print(table(["point", "created (UTC)", "tables"],
                     [[p["name"], p["created_at"], ", ".join(f"{t}@{s['version']}" for t, s in p["tables"].items())]
                      for p in points]) if points else "no recovery points")
@@ -277,7 +281,7 @@ def _cmd_drill(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from .report import runs_text
+    from .display import runs_text
 
     if args.limit < 0:
         raise UsageError(f"bad --limit {args.limit}", "expected 0 (all runs) or a positive number of runs")
@@ -313,10 +317,27 @@ def _summary_json(record) -> dict[str, Any]:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from .report import run_text
+    from .display import run_text
 
     record = _ledger(_settings(args)).run(args.run_id)
     print(json.dumps(record.to_json(), indent=2) if args.json else run_text(record))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .timeline import timeline_html, timeline_text
+
+    ledger = _ledger(_settings(args))
+    runs = ledger.logical_run(ledger.run(args.run_id))
+    if args.html:
+        target = os.path.abspath(args.html)
+        if os.path.isdir(target):
+            raise UsageError(f"--html {args.html} is a folder", "expected the path of the HTML file to write")
+        with open(target, "w", encoding="utf-8") as out:
+            out.write(timeline_html(runs))
+        print(f"report of logical run {runs[0].logical_run_id or runs[0].run_id} ({len(runs)} attempt(s)): {target}")
+    else:
+        print(timeline_text(runs))
     return 0
 
 
@@ -328,7 +349,8 @@ def _cmd_jars(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"jars": _cmd_jars, "run": _cmd_run, "resume": _cmd_resume, "redo": _cmd_redo, "rollback": _cmd_rollback,
-             "point": _cmd_point, "gc": _cmd_gc, "drill": _cmd_drill, "runs": _cmd_runs, "show": _cmd_show}
+             "point": _cmd_point, "gc": _cmd_gc, "drill": _cmd_drill, "runs": _cmd_runs, "show": _cmd_show,
+             "report": _cmd_report}
 
 
 def _guarded(call, *args: Any) -> int:

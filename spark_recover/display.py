@@ -1,13 +1,12 @@
-"""How runs show themselves: text tables for the terminal, HTML for Jupyter."""
+"""How runs show themselves in the terminal: text tables (the HTML page of a logical run: :mod:`~spark_recover.timeline`)."""
 
 from __future__ import annotations
 
-import html
 from typing import Any, Sequence
 
 from .history import RunRecord
 
-__all__ = ["table", "run_text", "run_html", "runs_text", "params_text", "status_text"]
+__all__ = ["table", "run_text", "runs_text", "params_text", "status_text"]
 
 
 def params_text(params: dict[str, Any]) -> str:
@@ -103,20 +102,6 @@ def run_text(record: RunRecord) -> str:
     head = "\n".join(f"{k:<8} {v}" for k, v in _summary(record))
     sinks = "\n\n" + table(_SINK_COLUMNS, _sink_rows(record)) if record.sinks else ""
     return head + "\n\n" + table(_STAGE_COLUMNS, _stage_rows(record)) + sinks
-
-
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    th = "".join(f"<th>{html.escape(c)}</th>" for c in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><tr>{th}</tr>{body}</table>"
-
-
-def run_html(record: RunRecord) -> str:
-    """A run as Jupyter shows it."""
-    head = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
-                   f"<td style='text-align:left'>{html.escape(v)}</td></tr>" for k, v in _summary(record))
-    sinks = _html_table(_SINK_COLUMNS, _sink_rows(record)) if record.sinks else ""
-    return f"<table>{head}</table>" + _html_table(_STAGE_COLUMNS, _stage_rows(record)) + sinks
 
 
 def runs_text(records: Sequence[RunRecord]) -> str:
