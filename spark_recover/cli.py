@@ -89,11 +89,15 @@ def _parser() -> argparse.ArgumentParser:
                       help="replay from STAGE (default: from the first invalid stage)")
     redo.add_argument("--force", action="store_true", help="roll back even over other writers' commits")
     redo.add_argument("--job-file", help="the job file (default: the one the run recorded)")
+    redo.add_argument("--dry-run", action="store_true",
+                      help="say what its rollback would do and where the replay starts, change nothing")
     _common(redo)
     rollback = sub.add_parser("rollback", help="restore the tables a run wrote, or a named point")
     rollback.add_argument("run_id", nargs="?")
     rollback.add_argument("--point", help="restore the tables of this named recovery point")
     rollback.add_argument("--force", action="store_true", help="restore even over other writers' commits")
+    rollback.add_argument("--dry-run", action="store_true",
+                          help="say what would be restored or removed, change nothing (exit 3: it would be refused)")
     rollback.add_argument("--json", action="store_true")
     _common(rollback)
     point = sub.add_parser("point", help="named recovery points")
@@ -223,20 +227,30 @@ def _replay_of(args: argparse.Namespace) -> tuple[Any, Settings]:
 
 
 def _cmd_redo(args: argparse.Namespace) -> int:
-    from .recovery import redo
+    from .recovery import redo, rollback, rollback_plan_text
 
     job, settings = _replay_of(args)
+    if args.dry_run:
+        if args.from_stage is not None:
+            job.downstream([args.from_stage])  # the real redo validates it first
+        plan = rollback(args.run_id, force=args.force, settings=settings, dry_run=True)
+        print(rollback_plan_text(plan))
+        print(f"then: replay run {args.run_id} " + (f"from stage {args.from_stage!r}" if args.from_stage
+                                                     else "from its first stage that is not valid any more"))
+        return 3 if plan["refused"] else 0
     return _finish(redo(job, args.run_id, from_stage=args.from_stage, settings=settings, force=args.force))
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from .recovery import rollback
+    from .recovery import rollback, rollback_plan_text
 
     result = rollback(args.run_id, point=args.point, force=args.force, settings=_settings(args),
-                      echo=not args.json)
+                      echo=not args.json, dry_run=args.dry_run)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
-    return 0
+    elif args.dry_run:
+        print(rollback_plan_text(result))
+    return 3 if args.dry_run and result["refused"] else 0
 
 
 def _cmd_point(args: argparse.Namespace) -> int:
