@@ -6,8 +6,9 @@ one self-contained HTML page (inline CSS, no script, no network), which
 
 Each stage of each attempt is a bar from its start to its end, coloured by
 what happened to it: ``recomputed``, ``reused`` (its checkpoint taken from an
-earlier run), ``failed`` (raised, or its driver died during it),
-``rolled_back`` (its run's sink writes were undone) or ``running``.
+earlier run), ``failed`` (raised, or its driver died during it) or
+``running``. A rollback of the logical run is a ``rolled_back`` bar of its own
+lane, from its start to its end.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from .config import Settings, load_settings
-from .display import params_text, status_text, table
+from .display import cell, params_text, status_text, table
 from .history import RunRecord, iso
 from .ledger import Ledger
 from .storage import Layout
@@ -28,7 +29,7 @@ __all__ = ["Bar", "Report", "bars", "figures", "report", "timeline_text", "timel
 #: The colour of each bar status (also the legend's).
 COLOURS = {"recomputed": "#1f77b4", "reused": "#2ca02c", "failed": "#d62728", "rolled_back": "#7f7f7f",
            "running": "#ff7f0e"}
-_MIN_BAR_PERCENT = 0.6  # a reuse takes no time: still a visible sliver
+_MIN_BAR_PERCENT = 1.5  # a reuse takes no time: still a visible bar
 
 
 @dataclass(frozen=True)
@@ -46,18 +47,19 @@ class Bar:
     version: int | None
 
 
-def _stage_status(run: RunRecord, status: str, reused: bool) -> str:
-    if status == "failed":
-        return "failed"
-    if status == "running":
-        return "running"
-    if run.rolled_back:
-        return "rolled_back"
+def _stage_status(status: str, reused: bool) -> str:
+    if status in ("failed", "running"):
+        return status
     return "reused" if reused else "recomputed"
 
 
+def _when(text: str | None) -> dt.datetime | None:
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")) if text else None
+
+
 def bars(runs: Sequence[RunRecord]) -> list[Bar]:
-    """The bars of a logical run's attempts (oldest first), in attempt and stage order.
+    """The bars of a logical run's attempts (oldest first), in attempt and stage order, then its rollbacks
+    (attempt 0: the rollback lane).
 
     >>> bars([])
     []
@@ -66,29 +68,35 @@ def bars(runs: Sequence[RunRecord]) -> list[Bar]:
     if not starts:
         return []
     origin = min(starts)
-    out = []
+    out, rollbacks = [], []
     for attempt, run in enumerate(runs, 1):
         for st in run.stage_list():
             if st.status == "pending" or st.started_at is None:
                 continue
             end = st.ended_at or run.last_seen or st.started_at
-            out.append(Bar(attempt, run.run_id, st.name, _stage_status(run, st.status, st.reused),
+            out.append(Bar(attempt, run.run_id, st.name, _stage_status(st.status, st.reused),
                            (st.started_at - origin).total_seconds(), max(0.0, (end - st.started_at).total_seconds()),
                            st.error or st.reason, st.rows, st.version))
-    return out
+        journal = run.rollback or {}
+        began, ended = _when(journal.get("started_at")), _when(journal.get("finished_at"))
+        if began is not None:
+            tables = (journal.get("metrics") or {}).get("tables")
+            rollbacks.append(Bar(0, run.run_id, f"rollback of {run.run_id}", "rolled_back" if ended else "running",
+                                 (began - origin).total_seconds(), max(0.0, ((ended or began) - began).total_seconds()),
+                                 f"{tables} table(s) restored" if ended else "not finished", None, None))
+    return out + rollbacks
 
 
 def figures(runs: Sequence[RunRecord]) -> dict[str, Any]:
     """The recovery figures: R (resume time over a clean run's), RTO (first failure to recovered), D (rollback)."""
     out: dict[str, Any] = {"attempts": len(runs)}
-    recovered = next((r for r in runs if r.metrics.get("recovery_ratio") is not None and r.status != "failed"), None)
-    if recovered is not None:
-        out["R"] = recovered.metrics["recovery_ratio"]
-        out["recovery_seconds"] = recovered.metrics.get("recovery_seconds")
-        out["clean_seconds"] = recovered.metrics.get("clean_seconds")
-    failed = next((r for r in runs if r.status in ("failed", "rolled_back") and r.recovered_by), None)
-    winner = next((r for r in runs if failed and r.run_id == failed.recovered_by), None)
-    if failed and winner and failed.last_seen and winner.started_at and winner.total_seconds is not None:
+    failed = next((r for r in runs if r.died or r.final_status == "failed"), None)
+    winner = next((r for r in runs[runs.index(failed) + 1:] if r.final_status == "succeeded"), None) if failed else None
+    if winner is not None and winner.metrics.get("recovery_ratio") is not None:
+        out["R"] = winner.metrics["recovery_ratio"]
+        out["recovery_seconds"] = winner.metrics.get("recovery_seconds")
+        out["clean_seconds"] = winner.metrics.get("clean_seconds")
+    if winner is not None and failed.last_seen and winner.started_at and winner.total_seconds is not None:
         done = winner.started_at + dt.timedelta(seconds=winner.total_seconds)
         out["RTO_seconds"] = round((done - failed.last_seen).total_seconds(), 3)
     rollbacks = [r.rollback for r in runs if r.rollback and r.rollback.get("finished")]
@@ -151,9 +159,15 @@ td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;font-size:13px}
 """
 
 
-def _bar_html(bar: Bar, span: float) -> str:
-    left = 100 * bar.start / span
+def _bar_html(bar: Bar, span: float, cursor: float) -> tuple[str, float]:
+    """A bar's HTML and where its lane's next bar may start (percent of the axis).
+
+    A bar too short to see (a reuse takes no time) is widened to
+    ``_MIN_BAR_PERCENT``, and a bar that would start under the previous one
+    moves right: the lane keeps its order, each title keeps the true times.
+    """
     width = max(_MIN_BAR_PERCENT, 100 * bar.seconds / span)
+    left = min(max(100 * bar.start / span, cursor), 100 - width)
     title = (f"{bar.stage}: {bar.status}, {bar.seconds:.2f} s"
              + (f", {bar.rows:,} rows" if bar.rows is not None else "")
              + (f", version {bar.version}" if bar.version is not None else "")
@@ -161,7 +175,7 @@ def _bar_html(bar: Bar, span: float) -> str:
     return (f'<div class="bar" data-stage="{html.escape(bar.stage)}" data-status="{bar.status}" '
             f'data-attempt="{bar.attempt}" title="{html.escape(title)}" '
             f'style="left:{left:.3f}%;width:{width:.3f}%;background:{COLOURS[bar.status]}">'
-            f'{html.escape(bar.stage)}</div>')
+            f'{html.escape(bar.stage)}</div>'), left + width
 
 
 def timeline_html(runs: Sequence[RunRecord]) -> str:
@@ -170,17 +184,22 @@ def timeline_html(runs: Sequence[RunRecord]) -> str:
         return "<!doctype html><html><body><p>no runs</p></body></html>"
     first, all_bars = runs[0], bars(runs)
     span = max([b.start + b.seconds for b in all_bars] + [1e-3])
+    labels = {n: (run.run_id, f"attempt {n}: {run.run_id} ({status_text(run)})") for n, run in enumerate(runs, 1)}
+    if any(b.attempt == 0 for b in all_bars):
+        labels[0] = ("rollback", "rollback")
     lanes = []
-    for n, run in enumerate(runs, 1):
-        label = f"attempt {n}: {run.run_id} ({status_text(run)})"
-        inner = "".join(_bar_html(b, span) for b in all_bars if b.attempt == n)
-        lanes.append(f'<div class="lane" data-run="{html.escape(run.run_id)}"><div class="label" '
+    for n, (key, label) in labels.items():
+        inner, cursor = "", 0.0
+        for bar in (b for b in all_bars if b.attempt == n):
+            html_bar, cursor = _bar_html(bar, span, cursor)
+            inner += html_bar
+        lanes.append(f'<div class="lane" data-run="{html.escape(key)}"><div class="label" '
                      f'title="{html.escape(label)}">{html.escape(label)}</div><div class="track">{inner}</div></div>')
     legend = "".join(f'<span><i style="background:{c}"></i>{s.replace("_", " ")}</span>' for s, c in COLOURS.items())
     sinks = ""
     if any(r.sinks for r in runs):
         head = "".join(f"<th>{html.escape(h)}</th>" for h in _SINK_HEADER)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape('-' if v is None else str(v))}</td>" for v in row)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(v))}</td>" for v in row)
                        + "</tr>" for row in _sink_rows(runs))
         sinks = f"<h2>Sinks</h2><table class='sinks'><tr>{head}</tr>{body}</table>"
     title = f"Logical run {first.logical_run_id or first.run_id} of job {first.job}"

@@ -89,7 +89,8 @@ def test_the_report_of_a_crash_resume_and_rollback_renders_in_chromium(browser, 
     for bar in first + second:
         assert bar["colour"] == _rgba(COLOURS[bar["status"]]), bar
         assert bar["width"] > 0
-    assert all(a["x"] < b["x"] for a, b in zip(second, second[1:]))  # in stage order on the time axis
+    assert all(a["x"] <= b["x"] for a, b in zip(second, second[1:]))  # in stage order on the time axis
+    assert second[1]["x"] < second[2]["x"] < second[3]["x"]  # the reuses take no time; computing does
     assert first[-1]["x"] < second[0]["x"]  # the resume after the crash
     assert "died during this stage" in first[-1]["title"]
     assert "reused" in second[0]["title"] and "rows" in second[0]["title"]
@@ -100,6 +101,9 @@ def test_the_report_of_a_crash_resume_and_rollback_renders_in_chromium(browser, 
 
     rolled = run_cli("rollback", resumed.run_id, "--root", recover_root)
     assert rolled.returncode == 0, rolled.stderr[-2000:]
-    after = list(_rendered(browser, _report(recover_root, crashed.run_id, tmp_path / "after.html")).values())
-    assert {b["status"] for b in after[1]} == {"rolled_back"}
-    assert all(b["colour"] == _rgba(COLOURS["rolled_back"]) for b in after[1])
+    after = _rendered(browser, _report(recover_root, crashed.run_id, tmp_path / "after.html"))
+    assert list(after) == [crashed.run_id, resumed.run_id, "rollback"]
+    assert [b["status"] for b in after[resumed.run_id]] == [b["status"] for b in second]  # what ran, ran
+    [undone] = after["rollback"]
+    assert undone["status"] == "rolled_back" and undone["colour"] == _rgba(COLOURS["rolled_back"])
+    assert undone["x"] > second[-1]["x"] and "4 table(s) restored" in undone["title"]

@@ -52,6 +52,16 @@ def test_bars_put_every_attempts_stages_on_one_axis():
     assert failed.reason == "the run's process died during this stage"
 
 
+def test_a_rollback_is_a_bar_of_its_own_lane_and_stages_keep_their_colour():
+    runs = _crash_and_resume()
+    runs[1].rollback = {"started_at": "2026-11-01T06:00:30Z", "finished_at": "2026-11-01T06:00:31.5Z",
+                        "finished": True, "metrics": {"tables": 2, "recovery_rate": 4.0}}
+    got = bars(runs)
+    assert [b.status for b in got] == ["recomputed", "failed", "reused", "recomputed", "rolled_back"]
+    assert (got[-1].attempt, got[-1].start, got[-1].seconds, got[-1].reason) == (0, 30.0, 1.5, "2 table(s) restored")
+    assert figures(runs)["D"] == 4.0 and 'data-run="rollback"' in timeline_html(runs)
+
+
 def test_figures_give_r_and_rto():
     assert figures(_crash_and_resume()) == {"attempts": 2, "R": 0.5, "recovery_seconds": 7.0, "clean_seconds": 14.0,
                                             "RTO_seconds": 21.0}  # last seen 6 s, recovered at 20 + 7 s
