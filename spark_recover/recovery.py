@@ -201,6 +201,15 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
         return _roll_back(ledger, settings, spark, say, run_id=run_id, force=force)
 
 
+def _point_tables(ledger: Ledger, point: str) -> dict[str, Any]:
+    """The tables a named point covers, as they were then; :class:`RecoveryPointError` if it is unknown."""
+    points = ledger.points()
+    if point not in points:
+        raise RecoveryPointError(f"unknown recovery point {point!r}",
+                                 f"known points: {sorted(points) or 'none'}", point=point)
+    return points[point]["tables"]
+
+
 def rollback_plan(ledger: Ledger, settings: Settings, spark=None, *, run_id: str | None = None,
                   point: str | None = None, force: bool = False) -> dict[str, Any]:
     """What a rollback would do, changing nothing (no lease, no journal, no interrupt, no restore).
@@ -212,11 +221,7 @@ def rollback_plan(ledger: Ledger, settings: Settings, spark=None, *, run_id: str
     """
     refusals: list[RecoverError] = []
     if point is not None:
-        points = ledger.points()
-        if point not in points:
-            raise RecoveryPointError(f"unknown recovery point {point!r}",
-                                     f"known points: {sorted(points) or 'none'}", point=point)
-        journal_id, targets, ours = f"point:{point}", points[point]["tables"], None
+        journal_id, targets, ours = f"point:{point}", _point_tables(ledger, point), None
     else:
         record = ledger.run(run_id)
         journal_id = run_id
@@ -273,11 +278,7 @@ def _roll_back(ledger: Ledger, settings: Settings, spark, say: Callable[[str], N
                run_id: str | None = None, point: str | None = None, force: bool) -> dict[str, Any]:
     layout = ledger.layout
     if point is not None:
-        points = ledger.points()
-        if point not in points:
-            raise RecoveryPointError(f"unknown recovery point {point!r}",
-                                     f"known points: {sorted(points) or 'none'}", point=point)
-        journal_id, targets, ours = f"point:{point}", points[point]["tables"], None
+        journal_id, targets, ours = f"point:{point}", _point_tables(ledger, point), None
         stopped = {}
         journal = ledger.journal(journal_id)
     else:
