@@ -1,8 +1,9 @@
 """The report of one logical run: every attempt's stages on one time axis, its sinks, its recovery figures.
 
-Pure: it reads run records (:mod:`spark_recover.history`) and writes text or
-one self-contained HTML page (inline CSS, no script, no network), which
-``spark-recover report RUN --html FILE`` saves and Jupyter shows.
+It turns run records (:mod:`spark_recover.history`) into text or one
+self-contained HTML page (inline CSS, no script, no network), which
+``spark-recover report RUN --html FILE`` saves and Jupyter shows; only
+:func:`report` reads the ledger (no JVM).
 
 Each stage of each attempt is a bar from its start to its end, coloured by
 what happened to it: ``recomputed``, ``reused`` (its checkpoint taken from an
@@ -34,7 +35,7 @@ _MIN_BAR_PERCENT = 1.5  # a reuse takes no time: still a visible bar
 
 @dataclass(frozen=True)
 class Bar:
-    """One stage of one attempt on the time axis (seconds from the logical run's first event)."""
+    """One stage of one attempt (attempt 0: a rollback) on the time axis, in seconds from the logical run's start."""
 
     attempt: int
     run_id: str
