@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test soak test-cluster test-connect test-compat setup bench clean
+.PHONY: demo test soak test-cluster test-connect test-compat test-browser setup bench clean
 
 setup: $(STAMP)
 
@@ -46,6 +46,11 @@ test-connect: $(STAMP)
 # and a Connect-only client (pyspark-client) against a server; environments kept in .compat/.
 test-compat: $(STAMP)
 	$(BIN)/python tests/compat.py
+
+# The report in Debian's headless Chromium (apt-get install chromium chromium-driver; .ci/run installs them).
+test-browser: $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints/spark-4.2.txt -e ".[local,test,browser]"
+	$(BIN)/python -m pytest -m browser -p no:cacheprovider tests/test_report_browser.py
 
 # Benchmarks side by side (bench/results/latest.json and latest.md); BENCH=--large for bigger sizes.
 bench: $(STAMP)

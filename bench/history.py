@@ -40,7 +40,7 @@ import pyarrow as pa
 from spark_recover import lease
 from spark_recover.job import Job
 from spark_recover.ledger import SCHEMA, Ledger
-from spark_recover.report import run_text
+from spark_recover.display import run_text
 from spark_recover.rerun import params_key, plain_rerun_refusal
 from spark_recover.retention import RECOVERY_WINDOW_DAYS, gc
 from spark_recover.runner import replay_choice

@@ -1,4 +1,4 @@
-"""The demo (`make demo`): clean run, rollback, crash in a late stage, resume, R.
+"""The demo (`make demo`): clean run, rollback, crash in a late stage, resume, R, and the report page.
 
 1. Generate the demo sources (2,000,000 orders, fixed seed) as Delta tables,
    once, under ``demo-data/sources``.
@@ -10,7 +10,9 @@
    SIGKILLs itself, as a lost driver would).
 5. Resume the crashed run: it reuses the five finished stages, recomputes the
    rest, publishes the sinks once; its time is T_f, and R = T_f / T_t.
-6. Check the published tables row by row against the clean run's outputs.
+6. Write the report of the crash and its resume (``demo-data/report.html``:
+   both attempts' stages on one timeline, the sinks, R and RTO).
+7. Check the published tables row by row against the clean run's outputs.
 
 Every step goes through the ``spark-recover`` CLI, in its own process, as a
 user would run it.
@@ -112,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = runs_of(str(root))
     clean = next(r for r in runs if r.run_id == clean.run_id)  # re-read: now with its rollback
     resumed = next(r for r in runs if r.origin_run_id == crashed.run_id)
+    page = Path(args.dir) / "report.html"  # the crash and its resume on one timeline
+    if _cli("report", crashed.run_id, "--root", str(root), "--html", str(page)) != 0:
+        return 1
     return _report(clean, resumed)
 
 

@@ -9,5 +9,6 @@ __version__ = "0.1.0"
 from .errors import RecoverError  # noqa: E402
 from .job import Job  # noqa: E402
 from .recovery import create_point, list_points, rollback  # noqa: E402
+from .timeline import report  # noqa: E402
 
-__all__ = ["Job", "RecoverError", "rollback", "create_point", "list_points", "__version__"]
+__all__ = ["Job", "RecoverError", "rollback", "create_point", "list_points", "report", "__version__"]

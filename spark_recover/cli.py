@@ -89,11 +89,15 @@ def _parser() -> argparse.ArgumentParser:
                       help="replay from STAGE (default: from the first invalid stage)")
     redo.add_argument("--force", action="store_true", help="roll back even over other writers' commits")
     redo.add_argument("--job-file", help="the job file (default: the one the run recorded)")
+    redo.add_argument("--dry-run", action="store_true",
+                      help="say what its rollback would do and where the replay starts, change nothing")
     _common(redo)
     rollback = sub.add_parser("rollback", help="restore the tables a run wrote, or a named point")
     rollback.add_argument("run_id", nargs="?")
     rollback.add_argument("--point", help="restore the tables of this named recovery point")
     rollback.add_argument("--force", action="store_true", help="restore even over other writers' commits")
+    rollback.add_argument("--dry-run", action="store_true",
+                          help="say what would be restored or removed, change nothing (exit 3: it would be refused)")
     rollback.add_argument("--json", action="store_true")
     _common(rollback)
     point = sub.add_parser("point", help="named recovery points")
@@ -138,6 +142,10 @@ def _parser() -> argparse.ArgumentParser:
     show.add_argument("run_id")
     show.add_argument("--json", action="store_true")
     _common(show)
+    report = sub.add_parser("report", help="one logical run: every attempt's stages on a timeline, sinks, R/D/RTO")
+    report.add_argument("run_id", help="any run of the logical run")
+    report.add_argument("--html", metavar="FILE", help="write the report as one self-contained HTML page")
+    _common(report)
     jars = sub.add_parser("jars", help="print the local paths of the jars spark-submit needs (resolved once, cached)")
     jars.add_argument("--s3a", action="store_true", help="also Hadoop's S3A connector and the AWS SDK modules it uses")
     _common(jars)
@@ -219,20 +227,30 @@ def _replay_of(args: argparse.Namespace) -> tuple[Any, Settings]:
 
 
 def _cmd_redo(args: argparse.Namespace) -> int:
-    from .recovery import redo
+    from .recovery import redo, rollback, rollback_plan_text
 
     job, settings = _replay_of(args)
+    if args.dry_run:
+        if args.from_stage is not None:
+            job.downstream([args.from_stage])  # the real redo validates it first
+        plan = rollback(args.run_id, force=args.force, settings=settings, dry_run=True)
+        print(rollback_plan_text(plan))
+        print(f"then: replay run {args.run_id} " + (f"from stage {args.from_stage!r}" if args.from_stage
+                                                     else "from its first stage that is not valid any more"))
+        return 3 if plan["refused"] else 0
     return _finish(redo(job, args.run_id, from_stage=args.from_stage, settings=settings, force=args.force))
 
 
 def _cmd_rollback(args: argparse.Namespace) -> int:
-    from .recovery import rollback
+    from .recovery import rollback, rollback_plan_text
 
     result = rollback(args.run_id, point=args.point, force=args.force, settings=_settings(args),
-                      echo=not args.json)
+                      echo=not args.json, dry_run=args.dry_run)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
-    return 0
+    elif args.dry_run:
+        print(rollback_plan_text(result))
+    return 3 if args.dry_run and result["refused"] else 0
 
 
 def _cmd_point(args: argparse.Namespace) -> int:
@@ -248,7 +266,7 @@ def _cmd_point(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(points, indent=2))
     else:
-        from .report import table
+        from .display import table
         print(table(["point", "created (UTC)", "tables"],
                     [[p["name"], p["created_at"], ", ".join(f"{t}@{s['version']}" for t, s in p["tables"].items())]
                      for p in points]) if points else "no recovery points")
@@ -277,7 +295,7 @@ def _cmd_drill(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from .report import runs_text
+    from .display import runs_text
 
     if args.limit < 0:
         raise UsageError(f"bad --limit {args.limit}", "expected 0 (all runs) or a positive number of runs")
@@ -313,10 +331,27 @@ def _summary_json(record) -> dict[str, Any]:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    from .report import run_text
+    from .display import run_text
 
     record = _ledger(_settings(args)).run(args.run_id)
     print(json.dumps(record.to_json(), indent=2) if args.json else run_text(record))
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .timeline import timeline_html, timeline_text
+
+    ledger = _ledger(_settings(args))
+    runs = ledger.logical_run(ledger.run(args.run_id))
+    if args.html:
+        target = os.path.abspath(args.html)
+        if os.path.isdir(target):
+            raise UsageError(f"--html {args.html} is a folder", "expected the path of the HTML file to write")
+        with open(target, "w", encoding="utf-8") as out:
+            out.write(timeline_html(runs))
+        print(f"report of logical run {runs[0].logical_run_id or runs[0].run_id} ({len(runs)} attempt(s)): {target}")
+    else:
+        print(timeline_text(runs))
     return 0
 
 
@@ -328,7 +363,8 @@ def _cmd_jars(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"jars": _cmd_jars, "run": _cmd_run, "resume": _cmd_resume, "redo": _cmd_redo, "rollback": _cmd_rollback,
-             "point": _cmd_point, "gc": _cmd_gc, "drill": _cmd_drill, "runs": _cmd_runs, "show": _cmd_show}
+             "point": _cmd_point, "gc": _cmd_gc, "drill": _cmd_drill, "runs": _cmd_runs, "show": _cmd_show,
+             "report": _cmd_report}
 
 
 def _guarded(call, *args: Any) -> int:

@@ -563,7 +563,7 @@ def _rollback(area: Scratch, trial: Trial, budget: float | None) -> None:
 
 def drill_text(report: Mapping[str, Any]) -> str:
     """The drill report as the terminal shows it."""
-    from .report import table
+    from .display import table
 
     rows = [[t["number"], t["seed"], _num(t["kill_at"]), t["hit"], t["resumes"], t["recovery_seconds"],
              t["recovery_ratio"], t["duplicates"], t["missing"], t["extra"],

@@ -50,6 +50,8 @@ class StageRecord:
     error: str | None = None
     parts: dict[str, Any] = field(default_factory=dict)
     from_run: str | None = None  # the run whose computation produced the checkpoint
+    started_at: dt.datetime | None = None  # its stage_started (a reuse: its stage_reused)
+    ended_at: dt.datetime | None = None  # its stage_succeeded, stage_reused or stage_failed
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "status": self.status, "reused": self.reused,
@@ -225,6 +227,10 @@ def apply_event(run: RunRecord, ev: Mapping[str, Any]) -> None:
         if status is None:
             return
         st.status, st.reused = status, kind == "stage_reused"
+        if kind in ("stage_started", "stage_reused"):
+            st.started_at, st.ended_at = ts, None
+        if kind != "stage_started":
+            st.ended_at = ts
         for attr in ("version", "rows", "seconds", "reason", "fingerprint", "checkpoint", "error"):
             if ev.get(attr) is not None:
                 setattr(st, attr, ev[attr])

@@ -50,7 +50,7 @@ from .ledger import LeaseConflict, Ledger
 from .liveness import BEATS_BEFORE_DEAD, process_alive, this_process
 from .storage import canonical, is_s3, require_conditional_put
 
-__all__ = ["Claim", "claim", "Heartbeat", "hold", "hold_key", "hold_is_live", "LOG_STORE_KEYS",
+__all__ = ["Claim", "claim", "Heartbeat", "hold", "hold_key", "hold_is_live", "hold_refusal", "LOG_STORE_KEYS",
            "needs_table_lease", "table_writer", "take_table", "TABLE_WAIT_SECONDS"]
 
 _ATTEMPTS = 200
@@ -173,34 +173,48 @@ def _take(ledger: Ledger, job: str, params_key: str, who: str, commit: Callable[
     root on a store without conditional puts is refused first (:func:`require_conditional_put`).
     """
     require_conditional_put(ledger.layout)
-
-    def free(version: int) -> tuple[list[RunRecord], str | None]:
-        known = ledger.runs(version=version, params_key=params_key, run_ids=[who, *filter(None, [origin_run_id])]) \
-            if version >= 0 else []
-        if any(r.run_id == who for r in known):
-            raise RefusedError(f"run id {who} is already in the ledger",
-                               "expected a new run id for a new run; one run's events never merge into "
-                               "another's record", run_id=who)
-        origin = next((r for r in known if r.run_id == origin_run_id), None) if origin_run_id else None
-        logical = (origin.logical_run_id or origin.run_id) if origin is not None else None
-        probe = Claim(ledger, who, job, params_key, frozenset(), version + 1, logical)
-        runs = [r for r in known if probe.covers(r)]
-        live = [r for r in runs if r.status == "running"]
-        if live:
-            raise holder_error(live[0], logical_run=logical if live[0].params_key != params_key else None)
-        held = _live_hold(ledger, job, {params_key} | {r.params_key for r in runs})  # the logical run's keys too
-        if held:
-            raise _hold_error(job, held)
-        return runs, logical
-
     found: dict[str, str | None] = {}
 
-    def free_at(version: int) -> tuple[list[RunRecord], str | None]:
-        runs, found["logical"] = free(version)
+    def free(version: int) -> tuple[list[RunRecord], str | None]:
+        runs, found["logical"] = _free(ledger, job, params_key, who, origin_run_id, version)
         return runs, found["logical"]
 
-    (runs, logical), version = _commit_when_free(ledger, who, free_at, lambda at: commit(at, found["logical"]))
+    (runs, logical), version = _commit_when_free(ledger, who, free, lambda at: commit(at, found["logical"]))
     return runs, version, logical
+
+
+def _free(ledger: Ledger, job: str, params_key: str, who: str, origin_run_id: str | None,
+          version: int) -> tuple[list[RunRecord], str | None]:
+    """The competing runs and the logical run at ``version``; refused (exit 3) if the key is not free then."""
+    known = ledger.runs(version=version, params_key=params_key, run_ids=[who, *filter(None, [origin_run_id])]) \
+        if version >= 0 else []
+    if any(r.run_id == who for r in known):
+        raise RefusedError(f"run id {who} is already in the ledger",
+                           "expected a new run id for a new run; one run's events never merge into "
+                           "another's record", run_id=who)
+    origin = next((r for r in known if r.run_id == origin_run_id), None) if origin_run_id else None
+    logical = (origin.logical_run_id or origin.run_id) if origin is not None else None
+    probe = Claim(ledger, who, job, params_key, frozenset(), version + 1, logical)
+    runs = [r for r in known if probe.covers(r)]
+    live = [r for r in runs if r.status == "running"]
+    if live:
+        raise holder_error(live[0], logical_run=logical if live[0].params_key != params_key else None)
+    held = _live_hold(ledger, job, {params_key} | {r.params_key for r in runs})  # the logical run's keys too
+    if held:
+        raise _hold_error(job, held)
+    return runs, logical
+
+
+def hold_refusal(ledger: Ledger, job: str, params_key: str, of: str) -> RefusedError | None:
+    """Why :func:`hold` for a rollback of run ``of`` would be refused now, or ``None`` (read only: a dry run's)."""
+    journal = ledger.journal(hold_key(job, params_key))
+    if hold_is_live(journal, ledger.dead_after) and journal["attempt"].get("process") == this_process():
+        return None  # this process holds it already
+    try:
+        _free(ledger, job, params_key, f"the rollback of {of}", of, ledger.head())
+    except RefusedError as refused:
+        return refused
+    return None
 
 
 def _commit_when_free(ledger: Ledger, who: str, free: Callable[[int], _T],

@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from . import checkpoint, failpoints, lease, table_files
 from .config import Settings, load_settings
-from .errors import DamagedStateError, RecoveryPointError, RefusedError, RollbackError, UsageError
+from .errors import DamagedStateError, RecoverError, RecoveryPointError, RefusedError, RollbackError, UsageError
 from .ledger import Ledger
 from .history import RunRecord
 from .fingerprint import digest
@@ -27,7 +27,7 @@ from .sinks import TableState, commit_tag, isolated_session, table_state
 from .session import dead_operations_text, stop_dead_operations
 from .storage import Layout, Target, canonical
 
-__all__ = ["rollback", "create_point", "list_points", "redo"]
+__all__ = ["rollback_plan", "rollback_plan_text", "rollback", "create_point", "list_points", "redo"]
 
 
 def _ledger(settings: Settings) -> Ledger:
@@ -173,7 +173,7 @@ def _stop_dead_operations(ledger: Ledger, record: RunRecord, spark, settings: Se
 
 def rollback(run_id: str | None = None, *, point: str | None = None, force: bool = False,
              root: str | None = None, settings: Settings | None = None, spark=None,
-             echo: bool = True) -> dict[str, Any]:
+             echo: bool = True, dry_run: bool = False) -> dict[str, Any]:
     """Restore every table a run wrote (or a named point covers) to its recovery point.
 
     A run's rollback covers its logical run (the run, what it replays and what
@@ -181,7 +181,8 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
     while a run of them is live). Returns the journal: tables restored, restore
     versions, files, seconds and the recovery rate D = tables restored / mean
     seconds per table. A rollback that crashed is finished by running it again
-    (with ``--force`` kept if the first attempt had it).
+    (with ``--force`` kept if the first attempt had it). With ``dry_run`` it
+    changes nothing and returns what it would do (:func:`rollback_plan`).
 
     >>> spark_recover.rollback(result.run_id)   # doctest: +SKIP
     """
@@ -191,6 +192,8 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
     settings = settings or load_settings(root=root)
     ledger = _ledger(settings)
     failpoints.check(None)
+    if dry_run:
+        return rollback_plan(ledger, settings, spark, run_id=run_id, point=point, force=force)
     if point is not None:  # a named point covers any tables, of no job: it holds no lease
         return _roll_back(ledger, settings, spark, say, point=point, force=force)
     record = ledger.run(run_id)
@@ -198,15 +201,84 @@ def rollback(run_id: str | None = None, *, point: str | None = None, force: bool
         return _roll_back(ledger, settings, spark, say, run_id=run_id, force=force)
 
 
+def _point_tables(ledger: Ledger, point: str) -> dict[str, Any]:
+    """The tables a named point covers, as they were then; :class:`RecoveryPointError` if it is unknown."""
+    points = ledger.points()
+    if point not in points:
+        raise RecoveryPointError(f"unknown recovery point {point!r}",
+                                 f"known points: {sorted(points) or 'none'}", point=point)
+    return points[point]["tables"]
+
+
+def rollback_plan(ledger: Ledger, settings: Settings, spark=None, *, run_id: str | None = None,
+                  point: str | None = None, force: bool = False) -> dict[str, Any]:
+    """What a rollback would do, changing nothing (no lease, no journal, no interrupt, no restore).
+
+    Per table: its version now, the version it would go back to (or removal of
+    a table the run created), the data files that would leave it, the other
+    writers' commits it would discard; and ``refused``: each reason the real
+    rollback would refuse (exit 3) for, empty when it would proceed.
+    """
+    refusals: list[RecoverError] = []
+    if point is not None:
+        journal_id, targets, ours = f"point:{point}", _point_tables(ledger, point), None
+    else:
+        record = ledger.run(run_id)
+        journal_id = run_id
+        held = lease.hold_refusal(ledger, record.job, record.params_key, run_id)
+        try:
+            record, targets, ours = _run_targets(ledger, run_id)
+        except RefusedError as refused:  # a run of its logical run still runs
+            return {"dry_run": True, "id": journal_id, "tables": [], "refused": [str(refused)]}
+        if record.rolled_back:
+            return {"dry_run": True, "id": journal_id, "tables": [], "refused": [], "noop": True}
+        refusals += [held] if held else []
+    catalog = {t: bool(s.get("catalog")) for t, s in targets.items()}
+    if any(catalog.values()):
+        spark = _spark(spark, settings, [t for t, c in catalog.items() if c])
+    tables = {t: ledger.layout.target(t, catalog[t]) for t in targets}
+    states = {t: table_state(spark, tables[t]) for t in targets}
+    foreign = {t: _foreign_commits(tables[t], states[t], targets[t], ours) if ours is not None else [] for t in targets}
+    if not force:
+        refusals += [r for r in [_foreign_refusal(foreign)] if r]
+    plans = []
+    for table, target_point in targets.items():
+        target, state = tables[table], states[table]
+        refusal = _refusal(table, target, state, target_point)
+        refusals += [refusal] if refusal else []
+        at_point = refusal is None and _at_point(target, state, target_point)
+        now = _files(target, state.uri) if state.exists else set()
+        kept = _files(target, state.uri, int(target_point["version"])) \
+            if target_point.get("exists") and state.exists and refusal is None else set()
+        plans.append({"table": table, "version_now": state.version if state.exists else None,
+                      "to_version": target_point.get("version") if target_point.get("exists") else None,
+                      "action": "none" if at_point else "restore" if target_point.get("exists") else "remove",
+                      "files_leaving": 0 if at_point else len({f[0] for f in now} - {f[0] for f in kept}),
+                      "foreign_commits": foreign[table]})
+    return {"dry_run": True, "id": journal_id, "tables": plans, "refused": [str(r) for r in refusals]}
+
+
+def rollback_plan_text(plan: Mapping[str, Any]) -> str:
+    """A rollback's dry run as the terminal shows it."""
+    if plan.get("noop"):
+        return f"dry run: {plan['id']} is already rolled back: nothing to do"
+    lines = [f"dry run of the rollback of {plan['id']} (nothing changed):"]
+    for t in plan["tables"]:
+        what = {"none": "already at its recovery point",
+                "restore": f"restore from version {t['version_now']} to version {t['to_version']}",
+                "remove": "remove the table the run created"}[t["action"]]
+        lines.append(f"  {t['table']}: {what}" + (f", {t['files_leaving']} data file(s) leave it"
+                                                   if t["files_leaving"] else ""))
+        lines += [f"    discards another writer's commit: {c}" for c in t["foreign_commits"]]
+    lines += [f"refused: {r}" for r in plan["refused"]] or ["it would proceed"]
+    return "\n".join(lines)
+
+
 def _roll_back(ledger: Ledger, settings: Settings, spark, say: Callable[[str], None], *,
                run_id: str | None = None, point: str | None = None, force: bool) -> dict[str, Any]:
     layout = ledger.layout
     if point is not None:
-        points = ledger.points()
-        if point not in points:
-            raise RecoveryPointError(f"unknown recovery point {point!r}",
-                                     f"known points: {sorted(points) or 'none'}", point=point)
-        journal_id, targets, ours = f"point:{point}", points[point]["tables"], None
+        journal_id, targets, ours = f"point:{point}", _point_tables(ledger, point), None
         stopped = {}
         journal = ledger.journal(journal_id)
     else:
@@ -228,18 +300,13 @@ def _roll_back(ledger: Ledger, settings: Settings, spark, say: Callable[[str], N
     states = {t: table_state(spark, tables[t]) for t in targets}
 
     if ours is not None and not force:
-        _refuse_foreign({t: _foreign_commits(tables[t], states[t], targets[t], ours) for t in targets})
-    for table, state in states.items():  # a point whose files are gone cannot be restored
-        target_point = targets[table]
-        if target_point.get("exists") and state.exists:
-            problem = checkpoint.verify(state.uri, int(target_point["version"]), tables[table])
-            if problem:
-                raise DamagedStateError(
-                    f"recovery point of {table} can no longer be restored",
-                    f"version {target_point['version']}: {problem} (VACUUM removed it?); nothing was changed",
-                    table=table)
-        if not target_point.get("exists") and state.exists and not tables[table].catalog:
-            _check_removable(tables[table], target_point)
+        refusal = _foreign_refusal({t: _foreign_commits(tables[t], states[t], targets[t], ours) for t in targets})
+        if refusal is not None:
+            raise refusal
+    for table in targets:
+        refusal = _refusal(table, tables[table], states[table], targets[table])
+        if refusal is not None:
+            raise refusal
 
     ledger.append(journal_id, "", "rollback_started", detail={
         "targets": targets, "force": force, "attempt": attempt, "existed": sorted(t for t in targets if states[t].exists),
@@ -289,14 +356,32 @@ def _roll_back(ledger: Ledger, settings: Settings, spark, say: Callable[[str], N
     return {"id": journal_id, "restored": restored, "metrics": summary, "noop": False}
 
 
-def _refuse_foreign(foreign: Mapping[str, list[str]]) -> None:
-    """Refuse (exit 3), naming them, when other writers committed after the run."""
+def _refusal(table: str, target: Target, state: TableState, point: Mapping[str, Any]) -> RecoverError | None:
+    """Why one table cannot be put back to its point, or ``None``.
+
+    A point whose files are gone cannot be restored (VACUUM); a table the run
+    created is removed only if its folder holds nothing but the table's files.
+    """
+    if point.get("exists") and state.exists:
+        problem = checkpoint.verify(state.uri, int(point["version"]), target)
+        if problem:
+            return DamagedStateError(f"recovery point of {table} can no longer be restored",
+                                     f"version {point['version']}: {problem} (VACUUM removed it?); nothing was changed",
+                                     table=table)
+    if not point.get("exists") and state.exists and not target.catalog:
+        return _strangers_refusal(target, point)
+    return None
+
+
+def _foreign_refusal(foreign: Mapping[str, list[str]]) -> RefusedError | None:
+    """The refusal (exit 3) naming other writers' commits after the run, or ``None``."""
     foreign = {t: c for t, c in foreign.items() if c}
-    if foreign:
-        listing = "; ".join(f"{t}: {', '.join(c)}" for t, c in foreign.items())
-        raise RefusedError("other writers committed after the run",
-                           f"rolling back would discard their commits: {listing}. "
-                           "Pass --force to restore anyway", tables=sorted(foreign))
+    if not foreign:
+        return None
+    listing = "; ".join(f"{t}: {', '.join(c)}" for t, c in foreign.items())
+    return RefusedError("other writers committed after the run",
+                        f"rolling back would discard their commits: {listing}. "
+                        "Pass --force to restore anyway", tables=sorted(foreign))
 
 
 def _absent_at(point: Mapping[str, Any]) -> float | None:
@@ -307,7 +392,7 @@ def _absent_at(point: Mapping[str, Any]) -> float | None:
     return dt.datetime.fromisoformat(text).timestamp() if text else None
 
 
-def _check_removable(target: Target, point: Mapping[str, Any]) -> None:
+def _strangers_refusal(target: Target, point: Mapping[str, Any]) -> RefusedError | None:
     """A table the run created is removed: only if its folder holds nothing but the table's files.
 
     The table's files are those of :mod:`spark_recover.table_files`: its log, what the log ever
@@ -315,12 +400,13 @@ def _check_removable(target: Target, point: Mapping[str, Any]) -> None:
     """
     strangers = table_files.unlogged_files(target, target.location, since=_absent_at(point))
     if strangers:
-        raise RefusedError(f"{target.location} holds files that are not the Delta table's",
-                           f"rolling back would remove the table the run created, and its log never referenced "
-                           f"{len(strangers)} file{'s' if len(strangers) > 1 else ''} there "
-                           f"({', '.join(strangers[:5])}{', ...' if len(strangers) > 5 else ''}); nothing was "
-                           "changed. Move those files away, then run the rollback again",
-                           table=target.location, files=strangers[:20], count=len(strangers))
+        return RefusedError(f"{target.location} holds files that are not the Delta table's",
+                            f"rolling back would remove the table the run created, and its log never referenced "
+                            f"{len(strangers)} file{'s' if len(strangers) > 1 else ''} there "
+                            f"({', '.join(strangers[:5])}{', ...' if len(strangers) > 5 else ''}); nothing was "
+                            "changed. Move those files away, then run the rollback again",
+                            table=target.location, files=strangers[:20], count=len(strangers))
+    return None
 
 
 class _Moved(Exception):
@@ -344,8 +430,10 @@ def _restore_checked(spark: Callable[[], Any], target: Target, point: Mapping[st
             return _restore(spark, target, point, tag, checked, force)
         except _Moved:
             now = table_state(None if not target.catalog else spark(), target)
-            if ours is not None and not force:
-                _refuse_foreign({target.location: _foreign_commits(target, now, point, ours)})
+            refusal = _foreign_refusal({target.location: _foreign_commits(target, now, point, ours)}) \
+                if ours is not None and not force else None
+            if refusal is not None:
+                raise refusal
             checked = now.version
     raise RefusedError(f"{target.location} kept changing during the rollback",
                        f"{_RESTORE_ATTEMPTS} restores each found a newer commit than the one checked; "
@@ -374,7 +462,9 @@ def _restore(spark: Callable[[], Any], target: Target, point: Mapping[str, Any],
             spark().sql(f"DROP TABLE IF EXISTS {target.location}")
             return {"files": 0, "removed_table": True}
         since = _absent_at(point)
-        _check_removable(target, point)
+        refusal = _strangers_refusal(target, point)
+        if refusal is not None:
+            raise refusal
         if _version(target) != checked:
             raise _Moved()
         return {"files": table_files.remove_table(target, target.location, since=since), "removed_table": True}

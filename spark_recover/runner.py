@@ -36,7 +36,7 @@ from .lease import Heartbeat
 from .liveness import this_process
 from .plan import StagePlan, plan_run
 from .publication import SinkTarget
-from .report import params_text, run_html, run_text
+from .display import params_text, run_text
 from .storage import Layout, canonical, is_local
 
 __all__ = ["RunResult", "run_job", "resume_job", "resume_command", "replay_choice"]
@@ -83,7 +83,10 @@ class RunResult:
         return run_text(self.record)
 
     def _repr_html_(self) -> str:
-        return run_html(self.record)
+        """Jupyter shows the report of the run's logical run (:func:`spark_recover.report`)."""
+        from .timeline import timeline_html
+
+        return timeline_html(Ledger(self.layout).logical_run(self.record))
 
 
 def _echo_to(enabled: bool) -> Callable[[str], None]:

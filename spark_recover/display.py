@@ -1,20 +1,20 @@
-"""How runs show themselves: text tables for the terminal, HTML for Jupyter."""
+"""How runs show themselves in the terminal: text tables (the HTML page of a logical run: :mod:`~spark_recover.timeline`)."""
 
 from __future__ import annotations
 
-import html
 from typing import Any, Sequence
 
 from .history import RunRecord
 
-__all__ = ["table", "run_text", "run_html", "runs_text", "params_text", "status_text"]
+__all__ = ["cell", "table", "run_text", "runs_text", "params_text", "status_text"]
 
 
 def params_text(params: dict[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(params.items())) or "-"
 
 
-def _cell(value: Any) -> str:
+def cell(value: Any) -> str:
+    """A value as a table cell shows it (``-`` for none, ``yes``/``no``, thousands separated)."""
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -33,7 +33,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     a  b
     1  x
     """
-    cells = [list(header)] + [[_cell(v) for v in row] for row in rows]
+    cells = [list(header)] + [[cell(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)
 
@@ -61,7 +61,7 @@ def _rollback_text(record: RunRecord) -> str | None:
     if journal.get("finished"):
         m = journal.get("metrics") or {}
         return (f"finished {journal.get('finished_at')}: {m.get('tables')} table(s) restored in "
-                f"{_cell(m.get('seconds'))}s")
+                f"{cell(m.get('seconds'))}s")
     return (f"started {journal.get('started_at')}, not finished: run "
             f"`spark-recover rollback {record.run_id}` again to finish it")
 
@@ -93,7 +93,7 @@ def _summary(record: RunRecord) -> list[tuple[str, str]]:
         lines.append(("rollback", rollback))
     metrics = {k: v for k, v in data["metrics"].items() if v is not None}
     if metrics:
-        lines.append(("metrics", ", ".join(f"{k}={_cell(v)}" for k, v in sorted(metrics.items())
+        lines.append(("metrics", ", ".join(f"{k}={cell(v)}" for k, v in sorted(metrics.items())
                                            if not isinstance(v, dict))))
     return lines
 
@@ -103,20 +103,6 @@ def run_text(record: RunRecord) -> str:
     head = "\n".join(f"{k:<8} {v}" for k, v in _summary(record))
     sinks = "\n\n" + table(_SINK_COLUMNS, _sink_rows(record)) if record.sinks else ""
     return head + "\n\n" + table(_STAGE_COLUMNS, _stage_rows(record)) + sinks
-
-
-def _html_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    th = "".join(f"<th>{html.escape(c)}</th>" for c in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_cell(v))}</td>" for v in row) + "</tr>" for row in rows)
-    return f"<table><tr>{th}</tr>{body}</table>"
-
-
-def run_html(record: RunRecord) -> str:
-    """A run as Jupyter shows it."""
-    head = "".join(f"<tr><th style='text-align:left'>{html.escape(k)}</th>"
-                   f"<td style='text-align:left'>{html.escape(v)}</td></tr>" for k, v in _summary(record))
-    sinks = _html_table(_SINK_COLUMNS, _sink_rows(record)) if record.sinks else ""
-    return f"<table>{head}</table>" + _html_table(_STAGE_COLUMNS, _stage_rows(record)) + sinks
 
 
 def runs_text(records: Sequence[RunRecord]) -> str:
