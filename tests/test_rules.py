@@ -241,8 +241,8 @@ def test_delta_intervals_and_location_spellings():
     assert canonical("file:///tmp/r/x/") == canonical("/tmp/r/x") == canonical(f"file:{os.sep}tmp/r/x")
 
 
-@pytest.mark.parametrize("module", ["storage", "publication", "fingerprint", "retention", "report", "testing",
-                                    "errors", "config", "cli", "sinks", "job"])
+@pytest.mark.parametrize("module", ["storage", "publication", "fingerprint", "retention", "display", "timeline",
+                                    "testing", "errors", "config", "cli", "sinks", "job"])
 def test_docstring_examples_hold(module):
     import doctest
     import importlib
