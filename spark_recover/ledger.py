@@ -275,7 +275,7 @@ class Ledger:
             snapshot = self.layout.delta(self.uri, version=read)
             data = self.layout.scan_delta(snapshot, self.uri)
             if not _current(snapshot):
-                events = sorted(data.to_pylist(), key=lambda ev: commit_order(ev.get("ledger_version"), ev["ts"]))
+                events = _in_commit_order(data.to_pylist())
                 runs = history.fold(events, dead_after=self.dead_after)
                 data = pa.Table.from_pylist([{**ev, **_legacy_stamp(ev["run_id"], runs)} for ev in events],
                                             schema=SCHEMA)
@@ -317,8 +317,7 @@ class Ledger:
         """Events in commit order (events of an older ledger without versions first, by time)."""
         if table is None:
             return []
-        return sorted(self._scan(table, where).to_pylist(),
-                      key=lambda ev: commit_order(ev.get("ledger_version"), ev["ts"]))
+        return _in_commit_order(self._scan(table, where).to_pylist())
 
     def _keys_of(self, table, *, run_ids: Iterable[str] = (), logical_runs: Iterable[str] = ()) -> set[str]:
         """The params keys of the events of ``run_ids`` and of ``logical_runs`` (a scan of two narrow columns)."""
@@ -352,7 +351,7 @@ class Ledger:
             if not more:
                 break
             wanted |= more
-            events = self._by_keys(table, wanted)
+            events = _in_commit_order(events + self._by_keys(table, more))  # only the keys not read yet
         return self._fold(events)
 
     def unreadable(self, exc: Exception, headline: str = "could not read the ledger",
@@ -488,13 +487,14 @@ class Ledger:
         return out
 
 
+def _in_commit_order(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Events in commit order (events of an older ledger without versions first, by time)."""
+    return sorted(events, key=lambda ev: commit_order(ev.get("ledger_version"), ev["ts"]))
+
+
 def _current(table) -> bool:
     """Whether the ledger's table has the key columns (a ledger of an older release is migrated once)."""
     return "logical_run_id" in {f.name for f in table.schema().fields}
-
-
-def _identity(ev: Mapping[str, Any]) -> tuple:
-    return ev["run_id"], ev.get("ledger_version"), ev["event"], ev["ts"]
 
 
 def _legacy_stamp(run_id: str, runs: Mapping[str, RunRecord]) -> dict[str, str]:
