@@ -173,13 +173,9 @@ def _take(ledger: Ledger, job: str, params_key: str, who: str, commit: Callable[
     root on a store without conditional puts is refused first (:func:`require_conditional_put`).
     """
     require_conditional_put(ledger.layout)
-    found: dict[str, str | None] = {}
-
-    def free(version: int) -> tuple[list[RunRecord], str | None]:
-        runs, found["logical"] = _free(ledger, job, params_key, who, origin_run_id, version)
-        return runs, found["logical"]
-
-    (runs, logical), version = _commit_when_free(ledger, who, free, lambda at: commit(at, found["logical"]))
+    (runs, logical), version = _commit_when_free(
+        ledger, who, lambda version: _free(ledger, job, params_key, who, origin_run_id, version),
+        lambda at, found: commit(at, found[1]))
     return runs, version, logical
 
 
@@ -218,17 +214,18 @@ def hold_refusal(ledger: Ledger, job: str, params_key: str, of: str) -> RefusedE
 
 
 def _commit_when_free(ledger: Ledger, who: str, free: Callable[[int], _T],
-                      commit: Callable[[int], Any]) -> tuple[_T, int]:
-    """Make ``commit(version)`` the very next commit after a ``version`` that ``free(version)`` accepts.
+                      commit: Callable[[int, _T], Any]) -> tuple[_T, int]:
+    """Make ``commit(version, found)`` the very next commit after a ``version`` that ``free(version)`` accepts.
 
-    ``free`` raises when the lease is taken at that version; what it returns is
-    returned with the version. Commit order decides, never a clock.
+    ``free`` raises when the lease is taken at that version; what it returns
+    (``found``) is passed to ``commit`` and returned with the version. Commit
+    order decides, never a clock.
     """
     for _ in range(_ATTEMPTS):
         version = ledger.version()
         found = free(version)
         try:
-            commit(version)
+            commit(version, found)
         except LeaseConflict:
             continue  # someone committed first (maybe a rival): read again
         return found, version
@@ -287,7 +284,7 @@ def take_table(ledger: Ledger, run_id: str, table: str, commit: Callable[[int], 
     deadline, told = time.monotonic() + wait_seconds, None
     while True:
         try:
-            _commit_when_free(ledger, run_id, free, commit)
+            _commit_when_free(ledger, run_id, free, lambda at, _: commit(at))
             return
         except _TableBusy as busy:
             holder = busy.holder
