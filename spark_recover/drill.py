@@ -39,6 +39,7 @@ import os
 import random
 import signal
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -144,10 +145,16 @@ class Scratch:
         self.tables = {r.table: s.table for r, s in zip(real, scratch)}  # each sink table: its scratch copy
         self.targets = {s.table: s.target for s in scratch}
         self.spark = self._catalog_session([r.table for r in real if r.target.catalog])
+        self.local_dirs: str | None = None
         if settings.remote:  # the driver processes are Connect clients of the same server: no JVM, no jars
             env = {**(env or {}), "SPARK_REMOTE": settings.remote}
         else:
             resolve_delta_jars()  # once: every driver process inherits the jars
+            # A SIGKILLed driver leaves its Spark scratch (spark-*/userFiles-*: ~90 MB of jars each, shuffle
+            # files) in the temp folder for ever: the drivers get a folder of the drill's own, emptied after each.
+            parent = (os.environ.get("SPARK_LOCAL_DIRS") or "").split(",")[0] or None
+            self.local_dirs = tempfile.mkdtemp(prefix="spark-recover-drill-local-", dir=parent)
+            env = {**(env or {}), "SPARK_LOCAL_DIRS": self.local_dirs}
         self.env = {**os.environ, **(env or {}), "SPARK_RECOVER_SINK_ROOT": self.sink_root}
         source_tree = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         if not source_tree.endswith("-packages"):  # run from a checkout: its drivers import this copy in any cwd
@@ -191,9 +198,18 @@ class Scratch:
         return physical_uri(self.spark, self.targets[scratch])
 
     def close(self) -> None:
-        """Drop the scratch schemas with their tables (the files stay in the drill's folder)."""
+        """Drop the scratch schemas with their tables (the files stay in the drill's folder), and the
+        drivers' Spark scratch folder."""
         for schema in self.schemas():
             self.spark.sql(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        if self.local_dirs is not None:
+            shutil.rmtree(self.local_dirs, ignore_errors=True)
+
+    def sweep(self) -> None:
+        """Empty the drivers' Spark scratch folder (drivers run one at a time: none is running now)."""
+        if self.local_dirs is not None:
+            for entry in os.scandir(self.local_dirs):
+                shutil.rmtree(entry.path, ignore_errors=True)
 
     def exists(self) -> dict[str, bool]:
         return {table: self._delta_at(scratch) is not None for table, scratch in self.tables.items()}
@@ -232,8 +248,8 @@ class Scratch:
         return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 env={**self.env, **(env or {})}, start_new_session=True, cwd=cwd)
 
-    @staticmethod
-    def finish(proc: subprocess.Popen, kill_at: float | None = None, started: float = 0.0) -> tuple[int, str, bool]:
+    def finish(self, proc: subprocess.Popen, kill_at: float | None = None,
+               started: float = 0.0) -> tuple[int, str, bool]:
         """Wait for a driver, SIGKILLing its process group at ``kill_at`` seconds; (code, stderr, killed)."""
         killed = False
         if kill_at is not None:
@@ -243,6 +259,7 @@ class Scratch:
                 os.killpg(proc.pid, signal.SIGKILL)
                 killed = True
         _, err = proc.communicate()
+        self.sweep()
         return proc.returncode, err, killed
 
     def contents(self) -> dict[str, Counter]:
@@ -355,6 +372,7 @@ def drill(job_file: str, params: Mapping[str, str] | None = None, *, kills: int 
         started = time.monotonic()
         clean = area.start(f"{area.base}/clean", resume=False)
         out, err = clean.communicate()
+        area.sweep()
         clean_seconds = time.monotonic() - started
         if clean.returncode != 0:  # a failed run says why on stdout, a crash on stderr
             raise clean_run_error(clean.returncode, err if err.strip() else out)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,19 @@ SINK_JOB = str(JOBS / "sink_job.py")
 TABLES = ["daily_log", "by_day", "store_totals", "region_totals"]  # its sinks: append, replace_where, merge, overwrite
 # The environment of a job process that builds a local session even when the tests run through Connect.
 LOCAL_MODE = {"SPARK_REMOTE": None, "SPARK_CONNECT_MODE_ENABLED": None}
+
+
+def pytest_configure(config) -> None:
+    # A SIGKILLed job process leaves its Spark scratch (spark-*: ~90 MB of jars each) in the temp folder for
+    # ever: every Spark process of the run keeps it in one folder, removed at the end.
+    if not os.environ.get("SPARK_LOCAL_DIRS"):
+        config.spark_local_dirs = os.environ["SPARK_LOCAL_DIRS"] = tempfile.mkdtemp(prefix="spark-recover-tests-")
+
+
+def pytest_unconfigure(config) -> None:
+    if getattr(config, "spark_local_dirs", None):
+        shutil.rmtree(config.spark_local_dirs, ignore_errors=True)
+        os.environ.pop("SPARK_LOCAL_DIRS", None)
 
 
 def make_sources(spark, data: Path, rows: int = 20_000) -> None:
