@@ -2,8 +2,9 @@
 
 Exit codes (DESIGN.md): 0 success; 1 the job failed (a stage raised), or a
 drill found lost, duplicated or extra rows; 2 bad usage or bad input; 3
-refused (lease held, conflict). The read-only commands
-(``runs``, ``show``) read the ledger with delta-rs and never start a JVM.
+refused (lease held, conflict; ``plan``: the command it previews would be).
+The read-only commands (``runs``, ``show``, ``report``, ``plan``) read the
+ledger with delta-rs and never start a JVM.
 """
 
 from __future__ import annotations
@@ -75,6 +76,19 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run a job file")
     run.add_argument("job_file")
     _run_options(run)
+    plan = sub.add_parser("plan", help="say what a run or resume would do (reuse, recompute, sinks), without "
+                          "running it or starting a JVM (exit 3: it would be refused)")
+    plan.add_argument("job_file")
+    plan.add_argument("-p", "--param", action="append", metavar="KEY=VALUE",
+                      help="a run parameter (with --from: an override of the run's)")
+    plan.add_argument("--resume", action="store_true", help="plan `run --resume`")
+    plan.add_argument("--from", dest="from_run", metavar="RUN", help="plan `resume RUN`")
+    plan.add_argument("--rerun", action="append", metavar="STAGE", default=[])
+    plan.add_argument("--refresh-sources", action="store_true")
+    plan.add_argument("--new-run", action="store_true")
+    plan.add_argument("--job", help="which Job, when the file defines several")
+    plan.add_argument("--json", action="store_true")
+    _common(plan)
     resume = sub.add_parser("resume", help="replay a failed run from its last good stage")
     resume.add_argument("run_id")
     resume.add_argument("-p", "--param", action="append", metavar="KEY=VALUE",
@@ -188,6 +202,22 @@ def _cmd_run(args: argparse.Namespace, job=None) -> int:
     result = run_job(job, params, settings=settings, resume_from=origin, rerun=args.rerun,
                      refresh_sources=args.refresh_sources, new_run=args.new_run)
     return _finish(result)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .job import load_job
+    from .preview import preview, preview_text
+
+    job = load_job(args.job_file, args.job)
+    settings = _settings(args, job.project)
+    if args.from_run and not args.conf and not os.environ.get("SPARK_RECOVER_CONF"):
+        recorded = _ledger(settings).run(args.from_run).conf_file  # what `resume RUN` runs with
+        if recorded and os.path.isfile(recorded):
+            settings = load_settings(conf_file=recorded, root=settings.root, remote=args.remote, project=job.project)
+    plan = preview(job, parse_params(args.param), resume=args.resume, from_run=args.from_run, rerun=args.rerun,
+                   refresh_sources=args.refresh_sources, new_run=args.new_run, settings=settings)
+    print(json.dumps(plan.to_json(), indent=2, default=str) if args.json else preview_text(plan))
+    return 3 if plan.refused else 0
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
@@ -362,7 +392,7 @@ def _cmd_jars(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"jars": _cmd_jars, "run": _cmd_run, "resume": _cmd_resume, "redo": _cmd_redo, "rollback": _cmd_rollback,
+_COMMANDS = {"jars": _cmd_jars, "run": _cmd_run, "plan": _cmd_plan, "resume": _cmd_resume, "redo": _cmd_redo, "rollback": _cmd_rollback,
              "point": _cmd_point, "gc": _cmd_gc, "drill": _cmd_drill, "runs": _cmd_runs, "show": _cmd_show,
              "report": _cmd_report}
 

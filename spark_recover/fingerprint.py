@@ -73,7 +73,7 @@ from typing import Any, Callable, Mapping
 from .errors import RefusedError
 
 __all__ = ["FingerprintWarning", "digest", "code_parts", "user_file", "library_versions", "unpinned_reads",
-           "visible_params", "stage_fingerprint", "explain_change"]
+           "visible_params", "stage_fingerprint", "explain_change", "pin_text"]
 
 _PRIMITIVES = (str, int, float, bool, bytes, type(None))
 
@@ -619,8 +619,8 @@ def explain_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
     old_s, new_s = old.get("sources") or {}, new.get("sources") or {}
     for key in sorted(set(old_s) | set(new_s)):
         if old_s.get(key) != new_s.get(key):
-            reasons.append(f"source {key!r} changed ({_pin_text(old_s.get(key))} -> "
-                           f"{_pin_text(new_s.get(key))})")
+            reasons.append(f"source {key!r} changed ({pin_text(old_s.get(key))} -> "
+                           f"{pin_text(new_s.get(key))})")
     old_i, new_i = old.get("inputs") or {}, new.get("inputs") or {}
     for key in sorted(set(old_i) | set(new_i)):
         if old_i.get(key) != new_i.get(key):
@@ -643,7 +643,12 @@ def _changed(old: Any, new: Any, what: str, each: str) -> list[str]:
             for key in sorted(set(old) | set(new)) if old.get(key) != new.get(key)]
 
 
-def _pin_text(pin: Any) -> str:
+def pin_text(pin: Any) -> str:
+    """A source pin in words.
+
+    >>> pin_text({"kind": "delta", "version": 3}), pin_text(None)
+    ('version 3', 'absent')
+    """
     if isinstance(pin, Mapping) and "version" in pin:
         return f"version {pin['version']}"
     if isinstance(pin, Mapping) and "listing" in pin:

@@ -29,6 +29,7 @@ from .storage import anchored
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Settings
     from .runner import RunResult
+    from .preview import Preview
 
 __all__ = ["Job", "Source", "Stage", "Sink", "SINK_MODES", "INJECTABLE", "UnpinnedReadWarning", "load_job"]
 
@@ -344,6 +345,19 @@ class Job:
         from .runner import run_job
         return run_job(self, params or {}, root=root, settings=settings, spark=spark, resume_from=resume_from,
                        rerun=rerun, refresh_sources=refresh_sources, new_run=new_run, echo=echo)
+
+    def plan(self, params: Mapping[str, Any] | None = None, *, resume: bool = False, from_run: str | None = None,
+             rerun: Sequence[str] = (), refresh_sources: bool = False, new_run: bool = False,
+             root: str | None = None, settings: "Settings | None" = None) -> "Preview":
+        """What :meth:`run` (``resume=True``: ``run --resume``; ``from_run=``: :meth:`resume`) would do, without
+        running it or starting a JVM: per stage reuse or recompute and why, the source pins, per sink write,
+        skip or refuse, a live lease holder. ``plan.refused``: the command would be refused.
+
+        >>> print(job.plan({"day": "2026-11-23"}, resume=True))   # doctest: +SKIP
+        """
+        from .preview import preview
+        return preview(self, params or {}, resume=resume, from_run=from_run, rerun=rerun,
+                       refresh_sources=refresh_sources, new_run=new_run, root=root, settings=settings)
 
     def resume(self, run_id: str, *, params: Mapping[str, Any] | None = None, root: str | None = None,
                settings: "Settings | None" = None, spark: Any = None, rerun: Sequence[str] = (),

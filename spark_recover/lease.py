@@ -50,7 +50,7 @@ from .ledger import LeaseConflict, Ledger
 from .liveness import BEATS_BEFORE_DEAD, process_alive, this_process
 from .storage import canonical, is_s3, require_conditional_put
 
-__all__ = ["Claim", "claim", "Heartbeat", "hold", "hold_key", "hold_is_live", "hold_refusal", "LOG_STORE_KEYS",
+__all__ = ["Claim", "claim", "Heartbeat", "hold", "hold_key", "hold_is_live", "hold_refusal", "claim_refusal", "LOG_STORE_KEYS",
            "needs_table_lease", "table_writer", "take_table", "TABLE_WAIT_SECONDS"]
 
 _ATTEMPTS = 200
@@ -206,8 +206,14 @@ def hold_refusal(ledger: Ledger, job: str, params_key: str, of: str) -> RefusedE
     journal = ledger.journal(hold_key(job, params_key))
     if hold_is_live(journal, ledger.dead_after) and journal["attempt"].get("process") == this_process():
         return None  # this process holds it already
+    return claim_refusal(ledger, job, params_key, f"the rollback of {of}", of)
+
+
+def claim_refusal(ledger: Ledger, job: str, params_key: str, who: str,
+                  origin_run_id: str | None) -> RefusedError | None:
+    """Why :func:`claim` by a new run ``who`` would be refused now (a live run or hold), or ``None`` (read only)."""
     try:
-        _free(ledger, job, params_key, f"the rollback of {of}", of, ledger.head())
+        _free(ledger, job, params_key, who, origin_run_id, ledger.head())
     except RefusedError as refused:
         return refused
     return None

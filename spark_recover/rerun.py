@@ -17,14 +17,33 @@ takes the lease.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import secrets
 from typing import Any, Mapping, Sequence
 
-from .errors import RefusedError
+from .errors import RefusedError, UsageError
 from .fingerprint import digest
 from .history import RunRecord
 
-__all__ = ["params_key", "new_run_id", "published_tables", "plain_rerun_refusal"]
+__all__ = ["check_params", "params_key", "new_run_id", "published_tables", "plain_rerun_refusal"]
+
+
+def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A run's parameters as given, checked: names are non-empty strings, values JSON (:class:`UsageError`).
+
+    >>> check_params({"day": "2026-11-23", "n": 5})
+    {'day': '2026-11-23', 'n': 5}
+    """
+    out = dict(params)
+    bad = [k for k in out if not isinstance(k, str) or not k]
+    if bad:
+        raise UsageError("bad parameter name", f"expected non-empty strings, found {bad!r}")
+    try:
+        json.dumps(out, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise UsageError("parameters must be JSON values",
+                         f"expected strings, numbers, booleans, lists or dicts: {exc}") from None
+    return out
 
 
 def _key_form(value: Any) -> Any:

@@ -16,7 +16,6 @@ run in :mod:`~spark_recover.lease`, what a sink may publish in
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 import traceback
 import uuid
@@ -26,7 +25,7 @@ from typing import Any, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from . import __version__, checkpoint, failpoints, history, lease, publication, retention, session, sinks, sources
-from .rerun import new_run_id, params_key, plain_rerun_refusal
+from .rerun import check_params, new_run_id, params_key, plain_rerun_refusal
 from .config import Settings, load_settings
 from .errors import RecoverError, RefusedError, StageError, UsageError
 from .job import Job
@@ -93,19 +92,6 @@ def _echo_to(enabled: bool) -> Callable[[str], None]:
     return (lambda line: print(line, flush=True)) if enabled else (lambda line: None)
 
 
-def _check_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(params)
-    bad = [k for k in out if not isinstance(k, str) or not k]
-    if bad:
-        raise UsageError("bad parameter name", f"expected non-empty strings, found {bad!r}")
-    try:
-        json.dumps(out, sort_keys=True)
-    except (TypeError, ValueError) as exc:
-        raise UsageError("parameters must be JSON values",
-                         f"expected strings, numbers, booleans, lists or dicts: {exc}") from None
-    return out
-
-
 def resume_command(run_id: str, settings: Settings) -> str:
     """The exact command that resumes ``run_id``."""
     parts = ["spark-recover", "resume", run_id, "--root", settings.root]
@@ -144,7 +130,7 @@ class RunContext:
 
 def _new_context(job: Job, params: Mapping[str, Any], settings: Settings, echo: bool) -> RunContext:
     layout = Layout.at(settings.root, settings.storage_options)
-    params = _check_params(params)
+    params = check_params(params)
     return RunContext(job, params, params_key(params), settings, layout,
                       Ledger(layout, dead_after=settings.dead_after_seconds), new_run_id(), _echo_to(echo))
 
@@ -302,14 +288,8 @@ def _pin_sources(ctx: RunContext, spark, chain: list[RunRecord], refresh: bool) 
     for src in ctx.job.sources:
         if src.name not in read:
             continue
-        # A replay killed before it pinned its sources passes its origin's pins on.
-        old = next((r.sources[src.name] for r in chain if src.name in r.sources), None)
-        # A replay reads Delta sources at the versions its origin pinned (same input);
-        # files-based sources are re-listed so a change is seen, and a source whose
-        # location changed with a parameter override is pinned afresh.
-        keep = (old is not None and old.get("kind") == "delta" and not refresh
-                and old.get("location") == src.location(ctx.params))
-        pins[src.name] = old if keep else sources.pin(spark, src, ctx.params, ctx.layout)
+        pins[src.name] = sources.kept_pin(src, ctx.params, chain, refresh) or \
+            sources.pin(spark, src, ctx.params, ctx.layout)
     ctx.log("sources_pinned", detail={"sources": pins})
     return pins
 

@@ -8,14 +8,17 @@ modification time) so that a change is seen and reported.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from .errors import UsageError
 from .fingerprint import digest
 from .job import Source
 from .storage import Layout, Target, spark_uri
 
-__all__ = ["pin", "read"]
+if TYPE_CHECKING:  # pragma: no cover
+    from .history import RunRecord
+
+__all__ = ["pin", "kept_pin", "listing_pin", "read"]
 
 
 def pin(spark, source: Source, params: Mapping[str, Any], layout: Layout) -> dict[str, Any]:
@@ -30,6 +33,31 @@ def pin(spark, source: Source, params: Mapping[str, Any], layout: Layout) -> dic
                              f"expected a Delta table at {location!r}: {str(exc).splitlines()[0]}",
                              source=source.name, location=location) from None
         return {"kind": "delta", "location": location, "version": int(row["version"])}
+    return listing_pin(source, location, layout)
+
+
+def kept_pin(source: Source, params: Mapping[str, Any], chain: Sequence["RunRecord"],
+             refresh: bool) -> dict[str, Any] | None:
+    """The pin a replay keeps from the runs it builds on (``chain``, nearest first), or ``None``: pin afresh.
+
+    A replay reads a Delta source at the version its origin pinned (same input;
+    a replay killed before it pinned passes its origin's pin on); files-based
+    sources are re-listed so a change is seen, and a source whose location
+    changed with a parameter override, or ``refresh`` (``--refresh-sources``), is pinned afresh.
+
+    >>> from spark_recover.job import Job
+    >>> src = Job("j").source("events", path="/data/events")
+    >>> kept_pin(src, {}, [], refresh=False) is None
+    True
+    """
+    old = next((r.sources[source.name] for r in chain if source.name in r.sources), None)
+    keep = (old is not None and old.get("kind") == "delta" and not refresh
+            and old.get("location") == source.location(params))
+    return old if keep else None
+
+
+def listing_pin(source: Source, location: str, layout: Layout) -> dict[str, Any]:
+    """The pin of a files-based source: its listing's digest (path, size, modification time of each file)."""
     return {"kind": "files", "location": location, **_listing(source, location, layout)}
 
 

@@ -37,7 +37,7 @@ from .history import RunRecord
 from .storage import Layout
 
 __all__ = ["spark", "spark_connect_server", "ConnectServer", "free_port", "wait_until", "stop_group", "recover_root", "assert_recovers", "TEST_SPARK_CONFS", "CHILD_JAVA_OPTIONS", "ProcessResult", "run_cli",
-           "run_args", "job_env", "crash_at", "kill_during", "runs_of"]
+           "run_args", "job_env", "no_jvm_env", "crash_at", "kill_during", "runs_of"]
 
 #: Spark confs of the test session and of the job processes the helpers start.
 TEST_SPARK_CONFS = {
@@ -242,6 +242,13 @@ def job_env(extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
         else:
             env[key] = value
     return env
+
+
+def no_jvm_env() -> dict[str, str]:
+    """Environment variables under which no JVM can start (no ``java`` on ``PATH``, no ``JAVA_HOME``):
+    a command run so proves it needs none."""
+    path = [d for d in os.environ.get("PATH", "").split(os.pathsep) if not os.path.exists(os.path.join(d, "java"))]
+    return {"JAVA_HOME": "/nonexistent-java", "PATH": os.pathsep.join(path), "SPARK_HOME": "/nonexistent-spark"}
 
 
 def _run_id(stdout: str) -> str | None:

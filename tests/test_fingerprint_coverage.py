@@ -19,7 +19,7 @@ from pathlib import Path
 
 from spark_recover.failpoints import ENV as FAILPOINT_ENV
 from spark_recover.job import load_job
-from spark_recover.testing import job_env, run_args, run_cli, runs_of
+from spark_recover.testing import job_env, no_jvm_env, run_args, run_cli, runs_of
 
 from recovery_checks import assert_same_rows
 
@@ -81,22 +81,6 @@ EDITS = [
      "code changed"),
 ]
 
-# A process that plans a resume of a run, as `run --resume` would, without a JVM (in the run's session).
-PLAN = """
-import json, sys
-from spark_recover.job import load_job
-from spark_recover.ledger import Ledger
-from spark_recover.plan import plan_run
-from spark_recover.storage import Layout
-job = load_job(sys.argv[1])
-origin = Ledger(Layout.at(sys.argv[2])).run(sys.argv[3])
-recorded = next(iter(origin.stages.values())).parts  # the session the run had (no JVM here to ask)
-session = {k: recorded[k] for k in ("session", "engine") if k in recorded}
-plans = plan_run(job, origin.params, {}, origin=origin, session_parts=session)
-print(json.dumps({p.name: "reused" if p.reuse else p.reason for p in plans}))
-"""
-
-
 def _job_folder(path: Path) -> Path:
     path.mkdir()
     (path / "job.py").write_text(JOB)
@@ -115,9 +99,10 @@ def _python(script: str, *args: str, env: dict[str, str]) -> subprocess.Complete
 
 
 def _plan(job_file: Path, root: str, run_id: str, env: dict[str, str]) -> dict[str, str]:
-    done = _python(PLAN, str(job_file), root, run_id, env=env)
+    """What `spark-recover plan --from RUN` says of each stage (a process where no JVM can start)."""
+    done = run_cli("plan", str(job_file), "--root", root, "--from", run_id, "--json", env={**env, **no_jvm_env()})
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return {s["stage"]: "reused" if s["action"] == "reuse" else s["reason"] for s in json.loads(done.stdout)["stages"]}
 
 
 def _edit(path: Path, old: str, new: str) -> None:
@@ -144,12 +129,14 @@ def test_each_edit_recomputes_the_stage_that_runs_it(spark, recover_root, tmp_pa
 
     for name, old, new, _, _ in EDITS:
         _edit(folder / name, old, new)
+    planned = _plan(job_file, recover_root, crashed.run_id, env)
     resumed = run_cli(*run_args(str(job_file), recover_root, params, ["--resume"]), env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     record = runs_of(recover_root)[-1]
     assert record.origin_run_id == crashed.run_id and record.status == "succeeded"
     assert record.stages["kept"].reason == "module fp_helpers.py changed"
     assert not any(s.reused for s in record.stages.values()), {s.name: s.reason for s in record.stages.values()}
+    assert {s.name: s.reason for s in record.stages.values()} == planned  # the plan said what the resume did
 
     # The reference: a clean run of the new code, in this process.
     monkeypatch.syspath_prepend(str(folder))
