@@ -10,7 +10,7 @@ import pytest
 
 from spark_recover.ledger import Ledger
 from spark_recover.storage import Layout
-from spark_recover.testing import crash_at, kill_during, run_cli, runs_of
+from spark_recover.testing import crash_at, kill_during, no_jvm_env, run_cli, runs_of
 
 from conftest import SMALL_JOB, STAGES
 from recovery_checks import assert_same_rows
@@ -67,17 +67,24 @@ def test_sigkill_at_random_moment_then_resume(spark, small_job, source_data, cle
             started = time.monotonic()
             out = run_cli(*args, "--root", recover_root, env=NO_JAVA)
             seen[args[0]] = (out.returncode, json.loads(out.stdout), time.monotonic() - started)
+        # ... and `plan` says a run now would be refused, naming the live holder.
+        out = run_cli("plan", SMALL_JOB, "-p", f"data={source_data}", "-p", "pause_seconds=5", "--json",
+                      "--root", recover_root, env=no_jvm_env())
+        seen["plan"] = (out.returncode, json.loads(out.stdout) if out.stdout.strip() else out.stderr)
 
     # Kill at a random moment (seeded: reproducible) once two stages are checkpointed, so the kill lands
-    # mid-run with work to reuse; the third stage holds 3 s, so the live checks and the kill land before the end.
+    # mid-run with work to reuse; the third stage holds 5 s, so the live checks and the kill land before the end.
     delay = random.Random(7).uniform(0.0, 1.0)
-    killed = kill_during(SMALL_JOB, root=recover_root, params={"data": str(source_data), "pause_seconds": "3"},
+    killed = kill_during(SMALL_JOB, root=recover_root, params={"data": str(source_data), "pause_seconds": "5"},
                          when=lambda run: sum(s.status == "succeeded" for s in run.stages.values()) >= 2,
                          delay=delay, while_running=inspect_live)
     assert killed.killed, killed.stderr
     code, shown, _ = seen["show"]
     assert code == 0 and shown["status"] == "running"
     assert seen["runs"][1][0]["run_id"] == killed.run_id
+    code, planned = seen["plan"]
+    assert code == 3 and planned["refusals"][0]["at"] == "lease", planned
+    assert killed.run_id in planned["refusals"][0]["headline"] + planned["refusals"][0]["detail"]
 
     after = run_cli("show", killed.run_id, "--json", "--root", recover_root, env=NO_JAVA)
     record = json.loads(after.stdout)
