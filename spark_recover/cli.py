@@ -141,6 +141,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="also damage state (checkpoint files and logs, the ledger, a vacuumed recovery "
                        "point) and check each is recomputed or refused plainly (--kills 0: only this)")
     drill.add_argument("--json", action="store_true")
+    drill.add_argument("--html", metavar="FILE", help="also write the drill as one self-contained HTML page: each "
+                       "trial's kill on the clean run's timeline, recovery times, rows checked, the verdict")
     _common(drill)
     runs = sub.add_parser("runs", help="list runs")
     runs.add_argument("--job", help="only runs of this job")
@@ -318,10 +320,32 @@ def _cmd_drill(args: argparse.Namespace) -> int:
     from .drill import drill, drill_text
 
     settings = _settings(args, project_folder(args.job_file))
+    page = _html_target(args.html) if args.html else None  # checked before hours of drilling, not after
     report = drill(args.job_file, parse_params(args.param), kills=args.kills, seed=args.seed,
                    with_rollback=args.with_rollback, damage=args.damage, settings=settings, echo=not args.json)
     print(json.dumps(report, indent=2) if args.json else "\n" + drill_text(report))
+    if page is not None:
+        from .timeline import drill_html
+
+        _write(page, drill_html(report))
+        print(f"drill page: {page}", file=sys.stderr if args.json else sys.stdout)
     return 0 if report["ok"] else 1
+
+
+def _html_target(path: str) -> str:
+    """The absolute path of an ``--html FILE`` to write (:class:`UsageError` if it cannot be one)."""
+    target = os.path.abspath(path)
+    if os.path.isdir(target):
+        raise UsageError(f"--html {path} is a folder", "expected the path of the HTML file to write")
+    if not os.path.isdir(os.path.dirname(target)):
+        raise UsageError(f"--html {path}: no folder {os.path.dirname(target)}",
+                         "expected the path of an HTML file in an existing folder")
+    return target
+
+
+def _write(path: str, text: str) -> None:
+    with open(path, "w", encoding="utf-8") as out:
+        out.write(text)
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
@@ -374,11 +398,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     ledger = _ledger(_settings(args))
     runs = ledger.logical_run(ledger.run(args.run_id))
     if args.html:
-        target = os.path.abspath(args.html)
-        if os.path.isdir(target):
-            raise UsageError(f"--html {args.html} is a folder", "expected the path of the HTML file to write")
-        with open(target, "w", encoding="utf-8") as out:
-            out.write(timeline_html(runs))
+        target = _html_target(args.html)
+        _write(target, timeline_html(runs))
         print(f"report of logical run {runs[0].logical_run_id or runs[0].run_id} ({len(runs)} attempt(s)): {target}")
     else:
         print(timeline_text(runs))

@@ -58,7 +58,8 @@ from .publication import require_lasting_catalog, resolve_sinks
 from .sinks import commit_tag, fill_predicate, physical_uri
 from .storage import Layout, canonical, read_delta, spark_uri
 
-__all__ = ["Trial", "drill", "drill_text", "clean_run_error", "sink_commits", "SECOND_KILL_SHARE"]
+__all__ = ["Trial", "drill", "drill_text", "drill_table", "drill_summary", "clean_timeline", "clean_run_error",
+           "sink_commits", "SECOND_KILL_SHARE"]
 
 SECOND_KILL_SHARE = 0.3  # the share of trials whose first recovery is killed too
 _MAX_RECOVERIES = 6
@@ -378,6 +379,7 @@ def drill(job_file: str, params: Mapping[str, str] | None = None, *, kills: int 
             raise clean_run_error(clean.returncode, err if err.strip() else out)
         reference = area.contents()
         [clean_run] = area.runs(f"{area.base}/clean")
+        timeline = clean_timeline(clean_run, clean_seconds)
         computed = {s.name: s.seconds or 0.0 for s in clean_run.stages.values()}
         worst = max(computed, key=computed.get)
         say(f"clean run: {clean_seconds:.1f}s as a fresh driver process; "
@@ -424,12 +426,29 @@ def drill(job_file: str, params: Mapping[str, str] | None = None, *, kills: int 
         report = {"job": job.name, "job_file": job_file, "params": params, "seed": seed,
                   "ok": not failing and not broken, "verdict": verdict,
                   "failing_seed": failing[0].seed if failing else None,
-                  "clean_seconds": round(clean_seconds, 3), "drill_root": area.base,
+                  "clean_seconds": round(clean_seconds, 3), "clean_timeline": timeline, "drill_root": area.base,
                   "sinks_redirected": area.tables, "summary": summary, "trials": [asdict(t) for t in trials],
                   "damage": [{**asdict(c), "ok": c.ok} for c in cases]}
         return report
     finally:
         area.close()  # the scratch schemas, if any
+
+
+def clean_timeline(run: RunRecord, process_seconds: float) -> list[dict[str, Any]]:
+    """The clean run's stages on the axis the kills are drawn on: seconds since its driver process started.
+
+    The process's start is the one the run recorded (``proc_start``); without it, the
+    run's own start stands for it, ``process_seconds`` minus the record's span later.
+    """
+    stages = [s for s in run.stage_list() if s.started_at and s.ended_at]
+    if run.started_at is None or not stages:
+        return []
+    began = run.process.get("proc_start")
+    if began is None:
+        end = max([s.ended_at for s in stages] + ([run.last_seen] if run.last_seen else []))
+        began = run.started_at.timestamp() - max(0.0, process_seconds - (end - run.started_at).total_seconds())
+    return [{"stage": s.name, "start": round(max(0.0, s.started_at.timestamp() - float(began)), 3),
+             "seconds": round((s.ended_at - s.started_at).total_seconds(), 3), "rows": s.rows} for s in stages]
 
 
 def clean_run_error(code: int, output: str) -> RecoverError:
@@ -579,33 +598,32 @@ def _rollback(area: Scratch, trial: Trial, budget: float | None) -> None:
         trial.error = f"after the rollback, table(s) {wrong} exist where the recovery point had them absent, or back"
 
 
-def drill_text(report: Mapping[str, Any]) -> str:
-    """The drill report as the terminal shows it."""
-    from .display import table
-
+def drill_table(report: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The drill's trials as a table: header and rows (the text and the HTML page show the same)."""
     rows = [[t["number"], t["seed"], _num(t["kill_at"]), t["hit"], t["resumes"], t["recovery_seconds"],
              t["recovery_ratio"], t["duplicates"], t["missing"], t["extra"],
              " ".join(str(n) for n in t["commits"].values()) or "-",
              "ok" if not (t["error"] or t["duplicates"] or t["missing"] or t["extra"] or t["retry_wrote"]
                           or t["commit_problems"])
              else t["error"] or "; ".join(t["commit_problems"]) or "FAILED"] for t in report["trials"]]
+    rollbacks = "rollbacks" in report["summary"]
+    if rollbacks:
+        for row, t in zip(rows, report["trials"]):
+            row[-1:-1] = ["-" if t["rollback_kill_at"] is None else
+                          f"{_num(t['rollback_kill_at'])}s, {t['rollback_hit']}",
+                          t["rollback_attempts"], t["rollback_wrong_rows"]]
+    header = (["trial", "seed", "kill at (s)", "hit", "resumes", "recovery (s)", "R", "duplicated", "missing",
+               "extra", "commits"] + (["rollback killed", "rollback attempts", "rows off the point"]
+                                      if rollbacks else []) + ["outcome"])
+    return header, rows
+
+
+def drill_summary(report: Mapping[str, Any]) -> list[str]:
+    """The drill's figures, a line each: kills, rows off, sink commits, RTO, rollbacks, RPO."""
     s = report["summary"]
-    lines = [
-        f"drill of job {report['job']} (seed {report['seed']}): sinks redirected under {report['drill_root']}/sinks,"
-        " your tables were not touched",
-    ]
+    lines = []
     if report["trials"]:
-        if "rollbacks" in s:
-            for row, t in zip(rows, report["trials"]):
-                row[-1:-1] = ["-" if t["rollback_kill_at"] is None else
-                              f"{_num(t['rollback_kill_at'])}s, {t['rollback_hit']}",
-                              t["rollback_attempts"], t["rollback_wrong_rows"]]
         lines += [
-            "",
-            table(["trial", "seed", "kill at (s)", "hit", "resumes", "recovery (s)", "R", "duplicated", "missing",
-                   "extra", "commits"] + (["rollback killed", "rollback attempts", "rows off the point"]
-                               if "rollbacks" in s else []) + ["outcome"], rows),
-            "",
             f"trials {s['trials']}, kills {s['kills']} (+{s['second_kills']} during a recovery), resumes {s['resumes']}",
             f"rows duplicated {s['duplicated_rows']}, missing {s['missing_rows']}, extra {s['extra_rows']}",
             f"sink data commits {s['sink_commits']} ({len(report['sinks_redirected'])} sink(s) x {s['trials']} logical "
@@ -619,6 +637,20 @@ def drill_text(report: Mapping[str, Any]) -> str:
                      f"{s['rollback_wrong_rows']} row(s) off the recovery point; median {s['median_rollback_seconds']:.1f}s, "
                      f"max {s['max_rollback_seconds']:.1f}s")
     lines.append(f"worst-case recompute after a kill (RPO): {s['rpo_seconds']:.1f}s of compute (stage {s['rpo_stage']})")
+    return lines
+
+
+def drill_text(report: Mapping[str, Any]) -> str:
+    """The drill report as the terminal shows it."""
+    from .display import table
+
+    lines = [
+        f"drill of job {report['job']} (seed {report['seed']}): sinks redirected under {report['drill_root']}/sinks,"
+        " your tables were not touched",
+    ]
+    if report["trials"]:
+        lines += ["", table(*drill_table(report)), ""]
+    lines += drill_summary(report)
     if report.get("damage"):
         lines += ["", "damaged state:", table(
             ["case", "damage", "then", "outcome", "exit", "said"],

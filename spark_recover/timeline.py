@@ -1,4 +1,5 @@
-"""The report of one logical run: every attempt's stages on one time axis, its sinks, its recovery figures.
+"""The report of one logical run: every attempt's stages on one time axis, its sinks, its recovery figures;
+and the page of a drill (:func:`drill_html`): its kills on the clean run's time axis.
 
 It turns run records (:mod:`spark_recover.history`) into text or one
 self-contained HTML page (inline CSS, no script, no network), which
@@ -17,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from .config import Settings, load_settings
 from .display import cell, params_text, status_text, table
@@ -25,7 +26,7 @@ from .history import RunRecord, iso
 from .ledger import Ledger
 from .storage import Layout
 
-__all__ = ["Bar", "Report", "bars", "figures", "report", "timeline_text", "timeline_html", "COLOURS"]
+__all__ = ["Bar", "Report", "bars", "figures", "report", "timeline_text", "timeline_html", "drill_html", "COLOURS"]
 
 #: The colour of each bar status (also the legend's).
 COLOURS = {"recomputed": "#1f77b4", "reused": "#2ca02c", "failed": "#d62728", "rolled_back": "#7f7f7f",
@@ -153,6 +154,9 @@ h1{font-size:20px;margin:0 0 4px}
 .track{position:relative;flex:1;height:26px;background:#f4f4f4;border-radius:3px}
 .bar{position:absolute;top:3px;height:20px;border-radius:3px;color:#fff;font:11px sans-serif;overflow:hidden;
 white-space:nowrap;padding:2px 4px;box-sizing:border-box}
+.kill{position:absolute;top:0;width:3px;height:26px;background:#d62728;margin-left:-1px}
+.verdict{font-weight:600;padding:6px 10px;border-radius:3px;display:inline-block;margin:8px 0}
+.pass{background:#e3f4e3;color:#1b5e20}.fail{background:#fde2e2;color:#8b1a1a}
 .legend span{display:inline-block;margin-right:14px}
 .legend i{display:inline-block;width:12px;height:12px;margin-right:4px;vertical-align:-1px;border-radius:2px}
 table{border-collapse:collapse;margin-top:12px}
@@ -197,19 +201,63 @@ def timeline_html(runs: Sequence[RunRecord]) -> str:
         lanes.append(f'<div class="lane" data-run="{html.escape(key)}"><div class="label" '
                      f'title="{html.escape(label)}">{html.escape(label)}</div><div class="track">{inner}</div></div>')
     legend = "".join(f'<span><i style="background:{c}"></i>{s.replace("_", " ")}</span>' for s, c in COLOURS.items())
-    sinks = ""
-    if any(r.sinks for r in runs):
-        head = "".join(f"<th>{html.escape(h)}</th>" for h in _SINK_HEADER)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(v))}</td>" for v in row)
-                       + "</tr>" for row in _sink_rows(runs))
-        sinks = f"<h2>Sinks</h2><table class='sinks'><tr>{head}</tr>{body}</table>"
-    title = f"Logical run {first.logical_run_id or first.run_id} of job {first.job}"
+    sinks = f"<h2>Sinks</h2>{_table_html(_SINK_HEADER, _sink_rows(runs), 'sinks')}" if any(r.sinks for r in runs) else ""
+    return _page(f"Logical run {first.logical_run_id or first.run_id} of job {first.job}",
+                 f"<div class='meta'>params {html.escape(params_text(first.params))}; "
+                 f"started {html.escape(iso(first.started_at) or '-')}; {span:.1f} s from first start to last end</div>"
+                 f"<div class='legend'>{legend}</div><div class='timeline'>{''.join(lanes)}</div>"
+                 f"<p class='figures'>{html.escape(_figures_text(runs))}</p>{sinks}")
+
+
+def _table_html(header: Sequence[str], rows: Sequence[Sequence[Any]], css_class: str) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(v))}</td>" for v in row) + "</tr>" for row in rows)
+    return f"<table class='{css_class}'><tr>{head}</tr>{body}</table>"
+
+
+def _page(title: str, body: str) -> str:
     return ("<!doctype html><html><head><meta charset='utf-8'>"
             f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1><div class='meta'>params {html.escape(params_text(first.params))}; "
-            f"started {html.escape(iso(first.started_at) or '-')}; {span:.1f} s from first start to last end</div>"
-            f"<div class='legend'>{legend}</div><div class='timeline'>{''.join(lanes)}</div>"
-            f"<p class='figures'>{html.escape(_figures_text(runs))}</p>{sinks}</body></html>")
+            f"<h1>{html.escape(title)}</h1>{body}</body></html>")
+
+
+def drill_html(report: Mapping[str, Any]) -> str:
+    """A drill's report (:func:`spark_recover.drill.drill`) as one self-contained page: the clean run's
+    stages on the time axis of its driver process, each trial's kill on that axis (a red mark; its title
+    says what was hit and how the recovery went), the trials' table, the figures and the verdict."""
+    from .drill import drill_summary, drill_table
+
+    timeline, trials = report.get("clean_timeline") or [], report["trials"]
+    span = max([report["clean_seconds"], 1e-3] + [t["kill_at"] for t in trials if t["kill_at"] is not None])
+    clean, cursor = "", 0.0
+    for stage in timeline:
+        bar = Bar(0, "clean", stage["stage"], "recomputed", stage["start"], stage["seconds"], None, stage["rows"], None)
+        html_bar, cursor = _bar_html(bar, span, cursor)
+        clean += html_bar
+    lanes = [f'<div class="lane" data-run="clean"><div class="label">clean run ({report["clean_seconds"]:.1f} s)'
+             f'</div><div class="track">{clean}</div></div>']
+    for t in trials:
+        ok = not (t["error"] or t["duplicates"] or t["missing"] or t["extra"] or t["commit_problems"]
+                  or t.get("rollback_wrong_rows"))
+        said = (f"trial {t['number']}: " + (f"killed at {t['kill_at']:.2f} s in {t['hit']}" if t["kill_at"] is not None
+                                            else t["hit"])
+                + f"; {t['resumes']} resume(s), recovered in {t['recovery_seconds']:.1f} s"
+                + f"; duplicated {t['duplicates']}, missing {t['missing']}, extra {t['extra']}"
+                + ("" if ok else f"; FAILED {t['error'] or ''}"))
+        mark = (f'<div class="kill" data-kill="{t["kill_at"]}" title="{html.escape(said)}" '
+                f'style="left:{100 * t["kill_at"] / span:.3f}%"></div>') if t["kill_at"] is not None else ""
+        lanes.append(f'<div class="lane" data-trial="{t["number"]}" data-ok="{str(ok).lower()}"><div class="label" '
+                     f'title="{html.escape(said)}">trial {t["number"]}: {html.escape(t["hit"])}; {"ok" if ok else "FAILED"}, '
+                     f'recovered in {t["recovery_seconds"]:.1f} s</div><div class="track">{mark}</div></div>')
+    passed = bool(report["ok"])
+    figures = "".join(f"<li>{html.escape(line)}</li>" for line in drill_summary(report))
+    body = (f"<div class='meta'>params {html.escape(params_text(report['params']))}; seed {report['seed']}; "
+            f"sinks redirected under {html.escape(str(report['drill_root']))}/sinks (your tables were not touched); "
+            "axis: seconds since the driver process started</div>"
+            f"<div class='verdict {'pass' if passed else 'fail'}'>{html.escape(report['verdict'])}</div>"
+            f"<div class='timeline'>{''.join(lanes)}</div><ul class='figures'>{figures}</ul>"
+            + (_table_html(*drill_table(report), "trials") if trials else ""))
+    return _page(f"Drill of job {report['job']}", body)
 
 
 class Report:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from html.parser import HTMLParser
 
 import deltalake
 import pytest
 
 from spark_recover.config import load_settings
 from spark_recover.drill import drill, drill_text, sink_commits
+from spark_recover.timeline import drill_html
 from spark_recover.history import RunRecord
 from spark_recover.job import load_job
 from spark_recover.testing import assert_recovers, job_env, run_cli
@@ -36,6 +38,28 @@ def test_drill_of_every_sink_mode_loses_and_duplicates_nothing(spark, source_dat
     # The user's tables were never touched: the drill wrote its own copies.
     assert versions == {t: deltalake.DeltaTable(str(out / t)).version() for t in TABLES}
     print(json.dumps(s))
+
+    # Its page: the clean run's four stages in order on the driver's time axis, a kill mark per kill.
+    page = _Elements()
+    page.feed(drill_html(report))
+    stages = [e for e in page.found if e.get("class") == "bar"]
+    assert [e["data-stage"] for e in stages] == ["daily", "day_slice", "store_totals", "region_totals"]
+    kills = [float(e["data-kill"]) for e in page.found if e.get("class") == "kill"]
+    assert kills == [t["kill_at"] for t in report["trials"] if t["kill_at"] is not None]
+    assert [e["data-ok"] for e in page.found if "data-trial" in e] == ["true"] * 10
+    assert report["clean_timeline"][0]["start"] > 0 and all(  # the JVM's start-up comes first
+        a["start"] + a["seconds"] <= b["start"] + 1e-3 for a, b in zip(report["clean_timeline"], report["clean_timeline"][1:]))
+
+
+class _Elements(HTMLParser):
+    """Every element's attributes, in document order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[dict[str, str]] = []
+
+    def handle_starttag(self, tag, attrs) -> None:
+        self.found.append(dict(attrs))
 
 
 @pytest.mark.soak  # ~3 minutes of driver processes: `make soak`

@@ -1,4 +1,4 @@
-"""The report of a logical run, rendered in a real headless Chromium (``make test-browser``).
+"""The report of a logical run and the page of a drill, rendered in a real headless Chromium (``make test-browser``).
 
 A real crash, ``run --resume`` and rollback of the four-sink job; the report
 page is opened in Debian's Chromium through its ChromeDriver, and the test
@@ -10,6 +10,7 @@ screenshot that is not blank.
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,39 @@ def test_the_report_of_a_crash_resume_and_rollback_renders_in_chromium(browser, 
     [undone] = after["rollback"]
     assert undone["status"] == "rolled_back" and undone["colour"] == _rgba(COLOURS["rolled_back"])
     assert undone["x"] > second[-1]["x"] and "4 table(s) restored" in undone["title"]
+
+
+def test_the_page_of_a_drill_renders_in_chromium(browser, source_data, recover_root, tmp_path):
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+
+    page = tmp_path / "drill.html"
+    params = ["-p", f"data={source_data}", "-p", f"out={tmp_path / 'out'}", "-p", "day=3"]
+    drilled = run_cli("drill", SINK_JOB, *params, "--kills", "2", "--seed", "5", "--root", recover_root,
+                      "--json", "--html", str(page))
+    assert drilled.returncode == 0, drilled.stderr[-3000:]
+    report = json.loads(drilled.stdout)
+    browser.get(page.as_uri())
+
+    [clean] = browser.find_elements(By.CSS_SELECTOR, ".lane[data-run='clean']")
+    stages = clean.find_elements(By.CSS_SELECTOR, ".bar")
+    assert [b.get_attribute("data-stage") for b in stages] == ["daily", "day_slice", "store_totals", "region_totals"]
+    assert all(a.rect["x"] < b.rect["x"] for a, b in zip(stages, stages[1:]))  # in order on the time axis
+    track = clean.find_element(By.CSS_SELECTOR, ".track").rect
+    span = max([report["clean_seconds"]] + [t["kill_at"] for t in report["trials"] if t["kill_at"] is not None])
+    trials = browser.find_elements(By.CSS_SELECTOR, ".lane[data-trial]")
+    assert len(trials) == 2 and all(t.get_attribute("data-ok") == "true" for t in trials)
+    for lane, trial in zip(trials, report["trials"]):
+        marks = lane.find_elements(By.CSS_SELECTOR, ".kill")
+        if trial["kill_at"] is None:
+            assert not marks
+            continue
+        [mark] = marks  # where the kill landed on the clean run's axis, and what it hit
+        assert abs(mark.rect["x"] - (track["x"] + track["width"] * trial["kill_at"] / span)) < 4
+        assert mark.value_of_css_property("background-color") == _rgba(COLOURS["failed"])
+        assert trial["hit"] in mark.get_attribute("title")
+    verdict = browser.find_element(By.CSS_SELECTOR, ".verdict")
+    assert verdict.text.startswith("PASS") and "pass" in verdict.get_attribute("class")
+    assert len(browser.find_elements(By.CSS_SELECTOR, "table.trials tr")) == 3
+    shot = Image.open(io.BytesIO(browser.get_screenshot_as_png())).convert("RGB")
+    assert len({c for _, c in shot.getcolors(maxcolors=1 << 20)}) > 20
