@@ -8,7 +8,8 @@
    since the run created them), verified, and timed.
 4. Run the job again with a crash injected before its sixth stage (the process
    SIGKILLs itself, as a lost driver would).
-5. Resume the crashed run: it reuses the five finished stages, recomputes the
+5. Plan the resume (``spark-recover plan --from RUN``: what it would reuse,
+   recompute and publish, without a JVM), then resume the crashed run: it reuses the five finished stages, recomputes the
    rest, publishes the sinks once; its time is T_f, and R = T_f / T_t.
 6. Write the report of the crash and its resume (``demo-data/report.html``:
    both attempts' stages on one timeline, the sinks, R and RTO).
@@ -109,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     crashed_code = _cli(*run, env={FAILPOINT_ENV: CRASH_AT})
     print(f"(the run died with exit code {crashed_code}: SIGKILL at {CRASH_AT})")
     crashed = runs_of(str(root))[-1]
+    if _cli("plan", JOB, "--from", crashed.run_id, "--root", str(root)) != 0:
+        return 1
     if _cli("resume", crashed.run_id, "--root", str(root)) != 0:
         return 1
     runs = runs_of(str(root))
