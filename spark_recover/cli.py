@@ -212,10 +212,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     job = load_job(args.job_file, args.job)
     settings = _settings(args, job.project)
-    if args.from_run and not args.conf and not os.environ.get("SPARK_RECOVER_CONF"):
-        recorded = _ledger(settings).run(args.from_run).conf_file  # what `resume RUN` runs with
-        if recorded and os.path.isfile(recorded):
-            settings = load_settings(conf_file=recorded, root=settings.root, remote=args.remote, project=job.project)
+    if args.from_run:  # what `resume RUN` runs with
+        settings = _recorded_settings(args, _ledger(settings).run(args.from_run), settings.root, job.project)
     plan = preview(job, parse_params(args.param), resume=args.resume, from_run=args.from_run, rerun=args.rerun,
                    refresh_sources=args.refresh_sources, new_run=args.new_run, settings=settings)
     print(json.dumps(plan.to_json(), indent=2, default=str) if args.json else preview_text(plan))
@@ -236,8 +234,8 @@ def _replay_of(args: argparse.Namespace) -> tuple[Any, Settings]:
     """The job and settings a resume or redo of ``args.run_id`` runs with.
 
     What the run recorded, unless the command says otherwise: its job file
-    (else ``--job-file``) and its conf file (else ``--conf``/``$SPARK_RECOVER_CONF``),
-    so a replay started from any folder runs the same job with the same settings.
+    (else ``--job-file``) and its conf file (:func:`_recorded_settings`), so a
+    replay started from any folder runs the same job with the same settings.
     """
     from .job import load_job
 
@@ -246,16 +244,22 @@ def _replay_of(args: argparse.Namespace) -> tuple[Any, Settings]:
     path = args.job_file or origin.job_file
     if not path:
         raise UsageError(f"run {args.run_id} recorded no job file", "pass --job-file PATH")
+    job = load_job(path, origin.job)
+    return job, _recorded_settings(args, origin, settings.root, job.project)
+
+
+def _recorded_settings(args: argparse.Namespace, origin, root: str, project: str | None) -> Settings:
+    """The settings a replay of ``origin`` runs with: its recorded conf file (else ``--conf``/``$SPARK_RECOVER_CONF``).
+
+    The job's project, never the working directory, gives the defaults the recorded run lacks.
+    """
     recorded = None if args.conf or os.environ.get("SPARK_RECOVER_CONF") else origin.conf_file
     if recorded and not os.path.isfile(recorded):
-        raise UsageError(f"run {args.run_id} ran with conf file {recorded}, which is gone",
+        raise UsageError(f"run {origin.run_id} ran with conf file {recorded}, which is gone",
                          "expected that file to resume with the same settings; pass --conf FILE to "
                          "resume with other settings", conf_file=recorded)
-    job = load_job(path, origin.job)
-    # The job's project, never the working directory, gives the defaults the recorded run lacks.
-    settings = load_settings(conf_file=recorded or args.conf, root=settings.root, verbose=args.verbose,
-                             remote=args.remote, project=job.project)
-    return job, settings
+    return load_settings(conf_file=recorded or args.conf, root=root, verbose=args.verbose,
+                         remote=args.remote, project=project)
 
 
 def _cmd_redo(args: argparse.Namespace) -> int:

@@ -35,7 +35,7 @@ from .history import RunRecord
 from .job import Job, Source
 from .ledger import Ledger
 from .plan import StagePlan, plan_run
-from .rerun import check_params, new_run_id, params_key, plain_rerun_refusal
+from .rerun import check_params, new_run_id, params_key, plain_rerun_refusal, replay_params
 from .session import RESULT_PREFIXES, RESULT_SETTINGS, local_confs
 from .sources import kept_pin, listing_pin
 from .storage import Layout, canonical
@@ -121,11 +121,8 @@ def _origin_of(ledger: Ledger, job: Job, params: dict[str, Any], resume: bool,
     """The run a command would replay, its parameters, the command, the choice in words, and ``done``."""
     if from_run is not None:
         origin = ledger.run(from_run)
-        if origin.job != job.name:
-            raise UsageError(f"run {from_run} is of job {origin.job!r}, not {job.name!r}",
-                             f"plan it with the job file that defines {origin.job!r}"
-                             + (f" ({origin.job_file})" if origin.job_file else ""), run_id=from_run)
-        return origin, {**origin.params, **params}, f"resume {from_run}", f"replaying run {from_run}", False
+        return (origin, replay_params(origin, job.name, params), f"resume {from_run}", f"replaying run {from_run}",
+                False)
     if resume:
         origin, why = history.replay_choice(ledger.runs(job.name, params_key=params_key(params)), params_key(params))
         return origin, params, "run --resume", why.removeprefix("done: "), why.startswith("done:")
@@ -156,11 +153,11 @@ def preview(job: Job, params: Mapping[str, Any] | None = None, *, resume: bool =
     if not job.stages:
         raise UsageError(f"job {job.name!r} has no stages", "expected at least one @job.stage")
     job.downstream(list(rerun))  # validates the names
+    given = check_params(params or {})
     try:
-        origin, run_params, command, choice, done = _origin_of(ledger, job, check_params(params or {}), resume,
-                                                               from_run)
+        origin, run_params, command, choice, done = _origin_of(ledger, job, given, resume, from_run)
     except RefusedError as exc:  # --resume while the newest run still runs
-        out = Preview(job.name, check_params(params or {}), "run --resume", "refused")
+        out = Preview(job.name, given, "run --resume", "refused")
         out.refusals.append(_refusal(exc, "lease"))
         return out
     run_params = check_params(run_params)
@@ -182,6 +179,8 @@ def preview(job: Job, params: Mapping[str, Any] | None = None, *, resume: bool =
             out.refusals.append(_refusal(refusal, "rerun"))
     targets = publication.resolve_sinks(job, run_params, layout, settings.sink_root,
                                         created=publication.created_tables(lineage))
+    if not (settings.remote or os.environ.get("SPARK_REMOTE")):  # the run would build its session: refused (2)
+        publication.require_lasting_catalog([t.table for t in targets if t.target.catalog], settings.spark)
     refusal = lease.claim_refusal(ledger, job.name, key, new_run_id(), origin.run_id if origin else None)
     if refusal is not None:
         out.refusals.append(_refusal(refusal, "lease"))

@@ -25,7 +25,7 @@ from .errors import RefusedError, UsageError
 from .fingerprint import digest
 from .history import RunRecord
 
-__all__ = ["check_params", "params_key", "new_run_id", "published_tables", "plain_rerun_refusal"]
+__all__ = ["check_params", "replay_params", "params_key", "new_run_id", "published_tables", "plain_rerun_refusal"]
 
 
 def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -44,6 +44,18 @@ def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
         raise UsageError("parameters must be JSON values",
                          f"expected strings, numbers, booleans, lists or dicts: {exc}") from None
     return out
+
+
+def replay_params(origin: RunRecord, job: str, overrides: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The parameters of a replay of ``origin`` by job ``job``: the run's own, with ``overrides``.
+
+    A run of another job is refused (:class:`UsageError`): its job file defines other stages.
+    """
+    if origin.job != job:
+        raise UsageError(f"run {origin.run_id} is of job {origin.job!r}, not {job!r}",
+                         f"replay it with the job file that defines {origin.job!r}"
+                         + (f" ({origin.job_file})" if origin.job_file else ""), run_id=origin.run_id)
+    return {**origin.params, **(overrides or {})}
 
 
 def _key_form(value: Any) -> Any:

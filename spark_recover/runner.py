@@ -25,7 +25,7 @@ from typing import Any, Callable, Collection, Mapping
 from dataclasses import dataclass, field
 
 from . import __version__, checkpoint, failpoints, history, lease, publication, retention, session, sinks, sources
-from .rerun import check_params, new_run_id, params_key, plain_rerun_refusal
+from .rerun import check_params, new_run_id, params_key, plain_rerun_refusal, replay_params
 from .config import Settings, load_settings
 from .errors import RecoverError, RefusedError, StageError, UsageError
 from .job import Job
@@ -478,9 +478,4 @@ def resume_job(job: Job, run_id: str, *, root: str | None = None, settings: Sett
     settings = settings or load_settings(root=root, project=job.project)
     ledger = Ledger(Layout.at(settings.root, settings.storage_options), settings.dead_after_seconds)
     origin = ledger.run(run_id)
-    if origin.job != job.name:
-        raise UsageError(f"run {run_id} is of job {origin.job!r}, not {job.name!r}",
-                         f"resume it with the job file that defines {origin.job!r}"
-                         + (f" ({origin.job_file})" if origin.job_file else ""), run_id=run_id)
-    merged = {**origin.params, **(params or {})}
-    return run_job(job, merged, settings=settings, resume_from=origin, **options)
+    return run_job(job, replay_params(origin, job.name, params), settings=settings, resume_from=origin, **options)

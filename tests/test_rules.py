@@ -110,7 +110,7 @@ def test_recovery_point_keeps_the_first_and_covers_new_tables():
 # -- the lease ---------------------------------------------------------------
 
 CLAIMS = """
-import sys, time
+import glob, sys, time
 from spark_recover import lease
 from spark_recover.errors import RefusedError
 from spark_recover.ledger import Ledger
@@ -127,7 +127,10 @@ for k, ledger in enumerate(ledgers):
         print(k, "won", flush=True)
     except RefusedError as exc:
         print(k, "refused", exc.fields["holder"], flush=True)
-    time.sleep(max(0.0, t0 + (k + 0.8) * period - time.time()))  # the winner holds it while rivals look
+    open(f"{base}/looked-{k}-{me}", "w").close()
+    deadline = time.time() + 60  # the winner holds it until every rival has looked (a slow machine: no 2nd winner)
+    while len(glob.glob(f"{base}/looked-{k}-*")) < 3 and time.time() < deadline:
+        time.sleep(0.01)
     ledger.append(me, "j", "run_finished", status="succeeded")
 """
 
