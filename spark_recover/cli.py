@@ -144,6 +144,15 @@ def _parser() -> argparse.ArgumentParser:
     drill.add_argument("--html", metavar="FILE", help="also write the drill as one self-contained HTML page: each "
                        "trial's kill on the clean run's timeline, recovery times, rows checked, the verdict")
     _common(drill)
+    backfill = sub.add_parser("backfill", help="one logical run per value of a range or list parameter; "
+                              "`backfill show JOB_FILE -p ...`: where each value stands")
+    backfill.add_argument("target", nargs="+", metavar="[show] JOB_FILE")
+    backfill.add_argument("-p", "--param", action="append", metavar="KEY=VALUE",
+                          help="a parameter: FIRST..LAST (integers or ISO days, inclusive) or A,B,C sweeps it")
+    backfill.add_argument("--parallel", type=int, default=1, metavar="N", help="values run at once (default 1)")
+    backfill.add_argument("--job", help="which Job, when the file defines several")
+    backfill.add_argument("--json", action="store_true")
+    _common(backfill)
     runs = sub.add_parser("runs", help="list runs")
     runs.add_argument("--job", help="only runs of this job")
     runs.add_argument("--status", choices=("running", "succeeded", "failed", "rolled_back"),
@@ -352,6 +361,26 @@ def _write(path: str, text: str) -> None:
         out.write(text)
 
 
+def _cmd_backfill(args: argparse.Namespace) -> int:
+    from .backfill import backfill, backfill_status, backfill_text, status_text
+    from .job import load_job
+
+    show = args.target[0] == "show"
+    if len(args.target) != 1 + show:
+        raise UsageError(f"bad arguments {' '.join(args.target)!r}",
+                         "expected `backfill JOB_FILE -p ...` or `backfill show JOB_FILE -p ...`")
+    job = load_job(args.target[-1], args.job)
+    settings = _settings(args, job.project)
+    params = parse_params(args.param)
+    if show:
+        rows = backfill_status(job, params, settings=settings)
+        print(json.dumps(rows, indent=2, default=str) if args.json else status_text(rows))
+        return 0
+    result = backfill(job, params, parallel=args.parallel, settings=settings, echo=not args.json)
+    print(json.dumps(result.to_json(), indent=2, default=str) if args.json else "\n" + backfill_text(result))
+    return result.exit_code
+
+
 def _cmd_runs(args: argparse.Namespace) -> int:
     from .display import runs_text
 
@@ -418,7 +447,7 @@ def _cmd_jars(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"jars": _cmd_jars, "run": _cmd_run, "plan": _cmd_plan, "resume": _cmd_resume, "redo": _cmd_redo, "rollback": _cmd_rollback,
-             "point": _cmd_point, "gc": _cmd_gc, "drill": _cmd_drill, "runs": _cmd_runs, "show": _cmd_show,
+             "point": _cmd_point, "gc": _cmd_gc, "drill": _cmd_drill, "backfill": _cmd_backfill, "runs": _cmd_runs, "show": _cmd_show,
              "report": _cmd_report}
 
 

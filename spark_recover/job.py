@@ -29,6 +29,7 @@ from .storage import anchored
 if TYPE_CHECKING:  # pragma: no cover
     from .config import Settings
     from .runner import RunResult
+    from .backfill import Backfill
     from .preview import Preview
 
 __all__ = ["Job", "Source", "Stage", "Sink", "SINK_MODES", "INJECTABLE", "UnpinnedReadWarning", "load_job"]
@@ -403,6 +404,27 @@ class Job:
                              "process: define the job in a .py file (or load it with load_job)")
         return drill(self.file, {k: str(v) for k, v in (params or {}).items()}, kills=kills, seed=seed,
                      with_rollback=with_rollback, damage=damage, root=root, settings=settings, echo=echo)
+
+    def backfill(self, params: Mapping[str, Any], *, parallel: int = 1, root: str | None = None,
+                 settings: "Settings | None" = None, spark: Any = None, echo: bool = True) -> "Backfill":
+        """Run the job once per value of the swept parameters (``"a..b"``, ``"a,b"``, a list or ``range``),
+        each as its own logical run, as ``run --resume`` would: values done before are skipped, failed ones
+        resumed. Returns each value's outcome (``.ok``, ``.exit_code``, ``.to_json()``).
+
+        >>> job.backfill({"day": "2026-11-01..2026-11-30", "out": "/w"})   # doctest: +SKIP
+        """
+        from .backfill import backfill
+        return backfill(self, params, parallel=parallel, root=root, settings=settings, spark=spark, echo=echo)
+
+    def backfill_status(self, params: Mapping[str, Any], *, root: str | None = None,
+                        settings: "Settings | None" = None) -> list[dict[str, Any]]:
+        """Where each value of a backfill stands (no JVM): its newest run's status, run id, start, seconds.
+
+        >>> job.backfill_status({"day": "2026-11-01..2026-11-30", "out": "/w"})[0]["status"]   # doctest: +SKIP
+        'succeeded'
+        """
+        from .backfill import backfill_status
+        return backfill_status(self, params, root=root, settings=settings)
 
     def main(self, argv: Sequence[str] | None = None) -> None:
         """The ``spark-recover run`` CLI for this job file (works under spark-submit)."""

@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .history import RunRecord
     from .publication import SinkTarget
 
-__all__ = ["fill_predicate", "TableState", "table_state", "physical_uri", "publish", "isolated_session",
+__all__ = ["fill_predicate", "placeholders", "TableState", "table_state", "physical_uri", "publish", "isolated_session",
            "txn_retention_warnings", "commit_tag"]
 
 _TXN_CONFS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion",
@@ -39,6 +39,15 @@ _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 def _literal_body(value: Any) -> str:
     # Spark SQL string literals take backslash escapes: escape both, keep the value data.
     return str(value).replace("\\", "\\\\").replace("'", "\\'")
+
+
+def placeholders(template: str) -> set[str]:
+    """The ``{param}`` names in a path or predicate template.
+
+    >>> sorted(placeholders("{data}/orders/day={day}"))
+    ['data', 'day']
+    """
+    return set(_PLACEHOLDER.findall(template))
 
 
 def fill_predicate(template: str, params: Mapping[str, Any]) -> str:
