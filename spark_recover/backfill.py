@@ -275,9 +275,7 @@ def backfill(job: Job, params: Mapping[str, Any], *, parallel: int = 1, root: st
 
     with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="backfill") as pool:
         outcomes = list(pool.map(one, values))
-    result = Backfill(job.name, swept, outcomes)
-    say(_totals(result))
-    return result
+    return Backfill(job.name, swept, outcomes)
 
 
 def _outcome_line(o: Outcome) -> str:
@@ -340,7 +338,8 @@ def status_text(rows: Sequence[Mapping[str, Any]]) -> str:
     from .display import table
 
     body = table(["value", "status", "run", "started (UTC)", "seconds", "attempts"],
-                  [[_value_text(r["value"]), r["status"], r["run_id"], r["started_at"], r["seconds"], r["attempts"]]
+                  [[_value_text(r["value"]), r["status"], r["run_id"], (r["started_at"] or "-")[:19].replace("T", " "),
+                   r["seconds"], r["attempts"]]
                    for r in rows])
     counts: dict[str, int] = {}
     for r in rows:
