@@ -39,7 +39,7 @@ from typing import Any, Mapping
 from .errors import CheckpointError
 from .storage import Storage, native_uri, spark_uri
 
-__all__ = ["Written", "write", "read", "verify"]
+__all__ = ["Written", "write", "read", "verify", "read_stage", "verify_stage"]
 
 _REFUSED_BY_DELTA = set(" ,;{}()\n\t=")
 _GLOB = set("{}[]*?\\")  # a path holding these is a pattern to Spark's file reader
@@ -299,6 +299,27 @@ def verify(location: str, version: int, layout: Storage) -> str | None:
             return f"data file {path} is missing"
         if found[path] != size:
             return f"data file {path} has {found[path]} bytes, the Delta log recorded {size}"
+    return None
+
+
+def read_stage(spark, record, layout: Storage):
+    """A stage's checkpointed output: its table at its version, or a chunked stage's chunks, unioned by name.
+
+    >>> read_stage(spark, run.stages["daily"], layout).count()   # doctest: +SKIP
+    """
+    parts = [read(spark, c["checkpoint"], c["version"], layout) for c in record.output]
+    out = parts[0]
+    for part in parts[1:]:
+        out = out.unionByName(part)
+    return out
+
+
+def verify_stage(record, layout: Storage) -> str | None:
+    """What is wrong with a stage's checkpoint (each chunk's, for a chunked stage), or ``None``."""
+    for c in record.output:
+        problem = verify(c["checkpoint"], c["version"], layout)
+        if problem:
+            return problem if len(record.output) == 1 else f"chunk {c.get('chunk')!r}: {problem}"
     return None
 
 

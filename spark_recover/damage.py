@@ -127,7 +127,8 @@ class _Cases:
         area = self.area
         self.restore()
         rec = area.runs(self.crashed)[-1].stages[self.stage]
-        location, version = rec.checkpoint, int(rec.version)
+        first = rec.output[0]  # a chunked stage's first chunk
+        location, version = first["checkpoint"], int(first["version"])
         log = f"{location}/_delta_log/{version:020d}.json"
         if name in ("checkpoint-file-deleted", "checkpoint-file-truncated"):
             path, size = sorted(_files(area, location, version).items())[0]

@@ -42,8 +42,14 @@ _STAGE_COLUMNS = ["stage", "status", "reused", "version", "rows", "seconds", "re
 
 
 def _stage_rows(record: RunRecord) -> list[list[Any]]:
-    return [[s.name, s.status, s.reused, s.version, s.rows, s.seconds, s.error or s.reason]
-            for s in record.stage_list()]
+    """A row per stage; under a chunked stage, a row per chunk done (``chunk 'x'``, reused or computed)."""
+    rows = []
+    for s in record.stage_list():
+        rows.append([s.name, s.status, s.reused, s.version, s.rows, s.seconds, s.error or s.reason])
+        chunks = [s.chunks[k] for k in s.chunk_order] if s.chunk_order is not None else list(s.chunks.values())
+        rows += [[f"  chunk {c['chunk']!r}", "reused" if c["reused"] else "done", c["reused"], c["version"],
+                  c["rows"], c["seconds"], f"from run {c['from_run']}" if c["reused"] else None] for c in chunks]
+    return rows
 
 
 _SINK_COLUMNS = ["sink table", "mode", "version before", "version after", "skipped duplicate", "txn", "status"]

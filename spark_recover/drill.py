@@ -380,7 +380,9 @@ def drill(job_file: str, params: Mapping[str, str] | None = None, *, kills: int 
         reference = area.contents()
         [clean_run] = area.runs(f"{area.base}/clean")
         timeline = clean_timeline(clean_run, clean_seconds)
-        computed = {s.name: s.seconds or 0.0 for s in clean_run.stages.values()}
+        # What a kill at the worst moment throws away: a stage's compute, or a chunked stage's slowest chunk.
+        computed = {s.name: max((c["seconds"] or 0.0 for c in s.chunks.values()), default=0.0) if s.chunks
+                    else s.seconds or 0.0 for s in clean_run.stages.values()}
         worst = max(computed, key=computed.get)
         say(f"clean run: {clean_seconds:.1f}s as a fresh driver process; "
             f"{sum(len(c) for c in reference.values()):,} sink rows in {len(reference)} table(s)")

@@ -632,6 +632,10 @@ def explain_change(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
         old_v, new_v = old.get(part), new.get(part)
         if old_v != new_v:
             reasons += _changed(old_v, new_v, f"{part} versions", "{} version changed ({} -> {})")
+    if old.get("chunks") != new.get("chunks"):
+        added = len(set(new.get("chunks") or []) - set(old.get("chunks") or []))
+        gone = len(set(old.get("chunks") or []) - set(new.get("chunks") or []))
+        reasons.append(f"its chunks changed ({added} added, {gone} gone)")
     return "; ".join(reasons) or "fingerprint changed"
 
 

@@ -52,12 +52,26 @@ class StageRecord:
     from_run: str | None = None  # the run whose computation produced the checkpoint
     started_at: dt.datetime | None = None  # its stage_started (a reuse: its stage_reused)
     ended_at: dt.datetime | None = None  # its stage_succeeded, stage_reused or stage_failed
+    # A chunked stage: each chunk's checkpoint by chunk key (``chunk``, ``checkpoint``, ``version``, ``rows``,
+    # ``seconds``, ``fingerprint``, ``from_run``, ``reused``), as they are done; ``chunk_order`` once all are.
+    chunks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    chunk_order: list[str] | None = None
+
+    @property
+    def output(self) -> list[dict[str, Any]]:
+        """The checkpoints its output is read from: one table, or each chunk's in order (their union)."""
+        if self.chunk_order is not None:
+            return [self.chunks[k] for k in self.chunk_order]
+        return [{"checkpoint": self.checkpoint, "version": self.version}] if self.checkpoint else []
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "status": self.status, "reused": self.reused,
-                "version": self.version, "seconds": self.seconds, "reason": self.reason,
-                "rows": self.rows, "fingerprint": self.fingerprint,
-                "checkpoint": self.checkpoint, "from_run": self.from_run, "error": self.error}
+        out = {"name": self.name, "status": self.status, "reused": self.reused,
+               "version": self.version, "seconds": self.seconds, "reason": self.reason,
+               "rows": self.rows, "fingerprint": self.fingerprint,
+               "checkpoint": self.checkpoint, "from_run": self.from_run, "error": self.error}
+        if self.chunks:
+            out["chunks"] = [self.chunks[k] for k in (self.chunk_order or list(self.chunks))]
+        return out
 
 
 @dataclass
@@ -223,6 +237,12 @@ def apply_event(run: RunRecord, ev: Mapping[str, Any]) -> None:
             run.rolled_back_at, run.rolled_back_version = ts, ev.get("ledger_version")
     elif ev.get("stage"):
         st = run.stages.setdefault(ev["stage"], StageRecord(ev["stage"]))
+        if kind in ("chunk_succeeded", "chunk_reused"):
+            st.chunks[detail["key"]] = {"chunk": detail.get("chunk"), "checkpoint": ev.get("checkpoint"),
+                                        "version": ev.get("version"), "rows": ev.get("rows"),
+                                        "seconds": ev.get("seconds"), "fingerprint": ev.get("fingerprint"),
+                                        "from_run": detail.get("from_run"), "reused": kind == "chunk_reused"}
+            return
         status = _STAGE_STATUS.get(kind)
         if status is None:
             return
@@ -236,6 +256,11 @@ def apply_event(run: RunRecord, ev: Mapping[str, Any]) -> None:
                 setattr(st, attr, ev[attr])
         st.parts = detail.get("parts", st.parts)
         st.from_run = detail.get("from_run", st.from_run)
+        if kind == "stage_started":
+            st.chunks, st.chunk_order = {}, None
+        if "chunks" in detail:  # a chunked stage done (a reuse carries its origin's chunk records)
+            st.chunks.update({c["key"]: {k: v for k, v in c.items() if k != "key"} for c in detail.get("chunk_records", [])})
+            st.chunk_order = list(detail["chunks"])
 
 
 _STAGE_STATUS = {"stage_started": "running", "stage_succeeded": "succeeded",

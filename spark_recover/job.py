@@ -12,14 +12,18 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import decimal
 import inspect
+import json
 import keyword
 import os
 import re
 import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypeVar, overload
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence, TypeVar, overload
 
 from .errors import JobDefinitionError
 from .fingerprint import unpinned_reads, visible_params
@@ -32,9 +36,9 @@ if TYPE_CHECKING:  # pragma: no cover
     from .backfill import Backfill
     from .preview import Preview
 
-__all__ = ["Job", "Source", "Stage", "Sink", "SINK_MODES", "INJECTABLE", "UnpinnedReadWarning", "load_job"]
+__all__ = ["Job", "Source", "Stage", "Sink", "Chunks", "chunk_key", "check_chunks", "SINK_MODES", "INJECTABLE", "UnpinnedReadWarning", "load_job"]
 
-INJECTABLE = ("params", "spark")
+INJECTABLE = ("params", "spark", "chunk")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 _JOB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
 F = TypeVar("F", bound=Callable[..., Any])
@@ -77,8 +81,9 @@ class Stage:
     wants_params: bool
     wants_spark: bool
     visible_params: frozenset[str] | None
+    chunks: "Chunks | None" = None  # a chunked stage: run once per chunk, each chunk recorded on its own
 
-    def call(self, frame: Callable[[str], Any], params: Mapping[str, Any], spark: Any) -> Any:
+    def call(self, frame: Callable[[str], Any], params: Mapping[str, Any], spark: Any, chunk: Any = None) -> Any:
         """Run the stage: each input by name from ``frame``, plus ``params`` and ``spark`` if it asks.
 
         >>> stage.call({"orders": orders_df}.__getitem__, {}, spark)   # doctest: +SKIP
@@ -88,7 +93,74 @@ class Stage:
             kwargs["params"] = params
         if self.wants_spark:
             kwargs["spark"] = spark
+        if self.chunks is not None:
+            kwargs["chunk"] = chunk
         return self.func(**kwargs)
+
+    def chunk_values(self, params: Mapping[str, Any], frame: Callable[[str], Any] | None = None) -> list[Any]:
+        """The chunks of this stage for ``params`` (a source column's distinct values need ``frame``)."""
+        spec = self.chunks
+        assert spec is not None
+        if spec.of_params is not None:
+            return check_chunks(self.name, spec.of_params(MappingProxyType(dict(params))))
+        assert frame is not None
+        rows = frame(spec.source).select(spec.column).distinct().collect()
+        return check_chunks(self.name, sorted((_plain(r[0]) for r in rows), key=chunk_key))
+
+
+@dataclass(frozen=True)
+class Chunks:
+    """How a chunked stage is split: the values a function of the parameters returns
+    (``chunks=lambda params: [...]``), or the distinct values of a column of one of its
+    source inputs (``chunks=job.distinct("events", "day")``), read at the pinned version."""
+
+    of_params: Callable[[Mapping[str, Any]], Sequence[Any]] | None = None
+    source: str | None = None
+    column: str | None = None
+
+    def __str__(self) -> str:
+        return f"distinct {self.source}.{self.column}" if self.source else \
+            f"{getattr(self.of_params, '__name__', 'function')}(params)"
+
+
+def chunk_key(value: Any) -> str:
+    """A chunk value's key: its JSON text (one key for one value, whatever the order of a dict's keys).
+
+    >>> chunk_key("2026-11-01"), chunk_key({"b": 1, "a": 2})
+    ('"2026-11-01"', '{"a": 2, "b": 1}')
+    """
+    return json.dumps(value, sort_keys=True)
+
+
+def check_chunks(stage: str, values: Any) -> list[Any]:
+    """A chunked stage's values, checked: a non-empty list of unique JSON values (:class:`UsageError`, exit 2).
+
+    >>> check_chunks("daily", ["a", "b"])
+    ['a', 'b']
+    """
+    from .errors import UsageError
+
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, Iterable):
+        raise UsageError(f"the chunks of stage {stage!r} are not a list",
+                         f"expected a list of JSON values (strings, numbers, ...), found {type(values).__name__}",
+                         stage=stage)
+    values = list(values)
+    if not values:
+        raise UsageError(f"stage {stage!r} has no chunks", "expected at least one chunk value", stage=stage)
+    keys: dict[str, Any] = {}
+    for value in values:
+        try:
+            key = chunk_key(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"chunk {value!r} of stage {stage!r} is not a JSON value",
+                             "expected strings, numbers, booleans, lists or dicts (a chunk is recorded in the "
+                             "ledger)", stage=stage, chunk=repr(value)) from None
+        if key in keys:
+            raise UsageError(f"stage {stage!r} lists chunk {value!r} twice",
+                             "expected each chunk once: a chunk is computed and recorded once", stage=stage,
+                             chunk=value)
+        keys[key] = value
+    return values
 
 
 SINK_MODES = ("append", "overwrite", "replace_where", "merge")
@@ -117,6 +189,15 @@ class Sink:
         if self.table is not None:
             return self.table
         return _fill_path(f"sink of stage {self.stage!r}", self.path or "", params, self.project)
+
+
+def _plain(value: Any) -> Any:
+    """A column value as a chunk: dates and times as ISO text, decimals as text."""
+    if isinstance(value, (dt.date, dt.datetime)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    return value
 
 
 def _fill_path(what: str, template: str, params: Mapping[str, Any], project: str) -> str:
@@ -262,19 +343,39 @@ class Job:
     @overload
     def stage(self, func: F) -> F: ...
     @overload
-    def stage(self, func: None = None, *, name: str | None = None) -> Callable[[F], F]: ...
+    def stage(self, func: None = None, *, name: str | None = None, chunks: Any = None) -> Callable[[F], F]: ...
 
-    def stage(self, func: Callable[..., Any] | None = None, *, name: str | None = None) -> Any:
-        """Register a stage; works as ``@job.stage`` and ``@job.stage(name=...)``.
+    def stage(self, func: Callable[..., Any] | None = None, *, name: str | None = None, chunks: Any = None) -> Any:
+        """Register a stage; works as ``@job.stage`` and ``@job.stage(name=..., chunks=...)``.
 
-        The function is returned unchanged, so it stays testable on its own.
+        ``chunks``: run the stage once per chunk, each chunk's output committed and
+        recorded on its own (a resume recomputes only the chunks not done), and
+        downstream stages read their union. A function of the parameters returning
+        the chunk values, or :meth:`distinct` (a source column's values). The stage
+        takes the chunk value as its ``chunk`` argument. The function is returned
+        unchanged, so it stays testable on its own.
+
+        >>> @job.stage(chunks=lambda params: params["days"].split(","))   # doctest: +SKIP
+        ... def daily(events, chunk):
+        ...     return events.where(events.day == chunk)
         """
         def register(fn: F) -> F:
-            self._add_stage(fn, name or getattr(fn, "__name__", None))
+            self._add_stage(fn, name or getattr(fn, "__name__", None), chunks)
             return fn
         return register(func) if func is not None else register
 
-    def _add_stage(self, fn: Callable[..., Any], name: Any) -> None:
+    def distinct(self, source: str, column: str) -> Chunks:
+        """Chunks over the distinct values of ``column`` of ``source``, read at the version the run pinned.
+
+        >>> job.distinct("events", "day")   # doctest: +SKIP
+        """
+        if source not in self._sources:
+            raise JobDefinitionError(f"chunks over unknown source {source!r}",
+                                     f"expected a source of job {self.name!r}: {', '.join(self._sources) or 'none'}",
+                                     source=source)
+        return Chunks(source=source, column=column)
+
+    def _add_stage(self, fn: Callable[..., Any], name: Any, chunks: Any = None) -> None:
         if not callable(fn):
             raise JobDefinitionError("a stage must be a function",
                                      f"found {type(fn).__name__}", found=type(fn).__name__)
@@ -301,6 +402,18 @@ class Job:
                     "stages that read it.", stage=name, input=pname, known=known)
             inputs.append(pname)
         params = inspect.signature(fn).parameters
+        spec = Chunks(of_params=chunks) if callable(chunks) and not isinstance(chunks, Chunks) else chunks
+        if spec is not None and not isinstance(spec, Chunks):
+            raise JobDefinitionError(f"bad chunks for stage {name!r}", "expected a function of the parameters "
+                                     "returning the chunk values, or job.distinct(source, column)", stage=name)
+        if (spec is not None) != ("chunk" in params):
+            raise JobDefinitionError(f"stage {name!r} " + ("has chunks but no 'chunk' argument" if spec else
+                                                           "takes 'chunk' but declares no chunks"),
+                                     "a chunked stage is declared @job.stage(chunks=...) and takes the chunk value "
+                                     "as its 'chunk' argument", stage=name)
+        if spec is not None and spec.source is not None and spec.source not in inputs:
+            raise JobDefinitionError(f"stage {name!r} is chunked over source {spec.source!r}, which it does not read",
+                                     f"expected {spec.source!r} among its inputs", stage=name, source=spec.source)
         reads = unpinned_reads(fn) if "spark" in params else []
         if reads:
             warnings.warn(UnpinnedReadWarning(
@@ -309,7 +422,7 @@ class Job:
                 f"job.source(...) and take it as an input of {name!r} to pin it"), stacklevel=3)
         self._stages[name] = Stage(
             name=name, func=fn, inputs=tuple(inputs), wants_params="params" in params,
-            wants_spark="spark" in params, visible_params=visible_params(fn))
+            wants_spark="spark" in params, visible_params=visible_params(fn), chunks=spec)
 
     def downstream(self, names: Sequence[str]) -> set[str]:
         """The named stages and every stage that depends on them."""

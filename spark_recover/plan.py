@@ -11,11 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Collection, Mapping, Sequence
 
-from .fingerprint import code_parts, explain_change, library_versions, stage_fingerprint
-from .job import Job, Stage
+from .fingerprint import code_parts, digest, explain_change, library_versions, stage_fingerprint
+from .job import Job, Stage, chunk_key
 from .history import RunRecord, StageRecord, origin_stage
 
-__all__ = ["StagePlan", "plan_run"]
+__all__ = ["StagePlan", "plan_run", "chunk_fingerprint", "reusable_chunk"]
 
 
 @dataclass
@@ -28,6 +28,8 @@ class StagePlan:
     reuse: bool = False
     reason: str | None = None      # why it is recomputed (None on a fresh run)
     origin: StageRecord | None = None
+    forced: bool = False  # --rerun: nothing of it is reused (not even a chunked stage's chunks)
+    chunk_base: str | None = None  # a chunked stage: its fingerprint without its chunk list (each chunk's basis)
 
     @property
     def name(self) -> str:
@@ -37,7 +39,11 @@ class StagePlan:
 def _parts(stage: Stage, job_file: str | None, params: Mapping[str, Any], pins: Mapping[str, Any],
            fingerprints: Mapping[str, str], session_parts: Mapping[str, Any]) -> dict[str, Any]:
     keys = sorted(params) if stage.visible_params is None else sorted(stage.visible_params)
+    # Chunks named by the parameters are part of what the stage outputs (a source column's follow its pin).
+    chunks = {"chunks": [chunk_key(v) for v in stage.chunk_values(params)]} \
+        if stage.chunks is not None and stage.chunks.of_params is not None else {}
     return {
+        **chunks,
         **code_parts(stage.func, job_file, stage=stage.name),
         "params": {k: params.get(k) for k in keys},
         "inputs": {i: fingerprints[i] for i in stage.inputs if i in fingerprints},
@@ -67,6 +73,9 @@ def plan_run(job: Job, params: Mapping[str, Any], pins: Mapping[str, Any],
     for stage in job.stages:
         parts = _parts(stage, job.file, params, pins, fingerprints, session_parts or {})
         plan = StagePlan(stage, parts, stage_fingerprint(parts))
+        if stage.chunks is not None:  # its chunks named by the parameters: the list is part of the stage's output
+            base = {k: v for k, v in parts.items() if k != "chunks"}
+            plan.chunk_base = stage_fingerprint(base)
         fingerprints[stage.name] = plan.fingerprint
         plans.append(plan)
         if origin is None:
@@ -75,6 +84,7 @@ def plan_run(job: Job, params: Mapping[str, Any], pins: Mapping[str, Any],
         plan.origin = before
         recomputed_inputs = [i for i in stage.inputs if i in fingerprints and i not in reused]
         if stage.name in forced:
+            plan.forced = True
             plan.reason = ("forced by --rerun" if stage.name in rerun else
                            f"upstream of it was forced by --rerun {', '.join(rerun)}")
         elif before is None or before.status != "succeeded":
@@ -94,3 +104,23 @@ def plan_run(job: Job, params: Mapping[str, Any], pins: Mapping[str, Any],
                 plan.reuse = True
                 reused.add(stage.name)
     return plans
+
+
+def chunk_fingerprint(stage_fingerprint: str | None, key: str) -> str:
+    """A chunk's fingerprint: its stage's (code, parameters, inputs, session; not its chunk list) and its key.
+
+    >>> chunk_fingerprint("ab", '"2026-11-01"') == chunk_fingerprint("ab", '"2026-11-02"')
+    False
+    """
+    return digest([stage_fingerprint, key], 32)
+
+
+def reusable_chunk(plan: StagePlan, key: str, verify: Callable[[Mapping[str, Any]], str | None]) -> dict | None:
+    """The chunk ``key`` of a recomputed chunked stage that the replayed run committed and a replay
+    reuses: same chunk fingerprint, a whole checkpoint (``verify``), the stage not forced; else ``None``."""
+    if plan.forced or plan.origin is None:
+        return None
+    old = plan.origin.chunks.get(key)
+    if old is None or old.get("version") is None or old.get("fingerprint") != chunk_fingerprint(plan.chunk_base, key):
+        return None
+    return old if verify(old) is None else None

@@ -27,14 +27,14 @@ from dataclasses import dataclass, field
 from typing import Any, Collection, Mapping
 
 from . import compat, history, lease, publication, retention, sinks
-from .checkpoint import verify
+from .checkpoint import verify, verify_stage
 from .config import Settings, load_settings
 from .errors import RefusedError, SessionError, UsageError
 from .fingerprint import pin_text
 from .history import RunRecord
-from .job import Job, Source
+from .job import Job, Source, chunk_key
 from .ledger import Ledger
-from .plan import StagePlan, plan_run
+from .plan import StagePlan, plan_run, reusable_chunk
 from .rerun import check_params, new_run_id, params_key, plain_rerun_refusal, replay_params
 from .session import RESULT_PREFIXES, RESULT_SETTINGS, local_confs
 from .sources import kept_pin, listing_pin
@@ -190,8 +190,8 @@ def preview(job: Job, params: Mapping[str, Any] | None = None, *, resume: bool =
     session_parts, assumed = expected_session_parts(settings, recorded)
     out.assumptions += assumed
     plans = plan_run(job, run_params, pins, origin=origin, rerun=rerun, ancestors=chain[1:],
-                     verify=lambda rec: verify(rec.checkpoint, rec.version, layout), session_parts=session_parts)
-    out.stages = [_stage(p) for p in plans]
+                     verify=lambda rec: verify_stage(rec, layout), session_parts=session_parts)
+    out.stages = [_stage(p, run_params, layout) for p in plans]
     out.sinks = _sinks(out, ledger, job, key, targets, plans, lineage)
     return out
 
@@ -237,12 +237,22 @@ def _pin_now(src: Source, params: Mapping[str, Any], layout: Layout) -> dict[str
     return {"kind": "delta", "location": location, "version": int(version)}
 
 
-def _stage(plan: StagePlan) -> dict[str, Any]:
+def _stage(plan: StagePlan, params: Mapping[str, Any], layout: Layout) -> dict[str, Any]:
     o = plan.origin
     entry: dict[str, Any] = {"stage": plan.name, "action": "reuse" if plan.reuse else "recompute",
                              "reason": None if plan.reuse else plan.reason, "fingerprint": plan.fingerprint}
     if plan.reuse and o is not None:
         entry.update(version=o.version, rows=o.rows, from_run=o.from_run)
+    spec = plan.stage.chunks
+    if spec is not None:  # which chunks a replay reuses (a source column's chunks are listed at run start)
+        listed = [chunk_key(v) for v in plan.stage.chunk_values(params)] if spec.of_params is not None else None
+        if plan.reuse and o is not None:
+            reuse = [c["chunk"] for c in o.output]
+        else:
+            recorded = o.chunks if o is not None else {}
+            reuse = [c["chunk"] for k, c in recorded.items() if (listed is None or k in listed) and reusable_chunk(
+                plan, k, lambda c: verify(c["checkpoint"], c["version"], layout))]
+        entry["chunks"] = {"by": str(spec), "listed": None if listed is None else len(listed), "reuse": reuse}
     return entry
 
 
@@ -265,8 +275,7 @@ def _sinks(out: Preview, ledger: Ledger, job: Job, key: str, targets: list[publi
         app = prior.app if prior else publication.app_id(job.name, first_key, st.target)
         entry: dict[str, Any] = {"table": st.table, "stage": st.sink.stage, "mode": st.sink.mode, "txn_app_id": app}
         committed = None if st.target.catalog else sinks.table_state(None, st.target, app).txn_version
-        data = publication.data_identity(plan.origin.checkpoint, plan.origin.version, st.predicate) \
-            if plan.reuse and plan.origin else None
+        data = publication.output_identity(plan.origin, st.predicate) if plan.reuse else None
         try:
             decision = publication.decide(st.table, data, prior, app, committed,
                                           publication.taken_versions(runs, app))
@@ -291,6 +300,11 @@ def _sinks(out: Preview, ledger: Ledger, job: Job, key: str, targets: list[publi
     return entries
 
 
+def _chunks_text(chunks: Mapping[str, Any]) -> str:
+    listed = f"{chunks['listed']} chunks" if chunks["listed"] is not None else f"chunks: {chunks['by']}"
+    return f"{listed}, {len(chunks['reuse'])} reused"
+
+
 def preview_text(p: Preview) -> str:
     """The plan as the terminal shows it."""
     from .display import params_text, table
@@ -312,7 +326,8 @@ def preview_text(p: Preview) -> str:
             rows.append([s["source"], s["kind"], pin_text(s["pin"]), note])
         lines += ["", "sources:", table(["source", "kind", "pin", "note"], rows)]
     if p.stages:
-        rows = [[s["stage"], s["action"], s.get("version"), s.get("from_run"), s["reason"] or ""] for s in p.stages]
+        rows = [[s["stage"], s["action"] + (f" ({_chunks_text(s['chunks'])})" if "chunks" in s else ""),
+                 s.get("version"), s.get("from_run"), s["reason"] or ""] for s in p.stages]
         lines += ["", "stages:", table(["stage", "action", "version", "from run", "why recomputed"], rows)]
     if p.sinks:
         rows = [[s["table"], s["mode"], s["action"], s.get("txn_version"), s["why"]] for s in p.sinks]

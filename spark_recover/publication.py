@@ -30,13 +30,13 @@ from typing import Any, Collection, Iterable, Mapping, Sequence
 from .errors import RefusedError
 from .fingerprint import digest
 from .job import Job, Sink
-from .history import RunRecord
+from .history import RunRecord, StageRecord
 from .retention import interval_days
 from .storage import Layout, Target, canonical
 
 __all__ = ["SinkTarget", "Prior", "Decision", "app_id", "redirected", "scratch_schema", "redirected_table",
            "catalog_problem", "require_lasting_catalog", "resolve_sinks", "priors", "data_identity", "decide",
-           "recovery_point", "taken_versions", "created_tables", "TXN_RETENTION", "writers",
+           "recovery_point", "taken_versions", "output_identity", "planned_output", "created_tables", "TXN_RETENTION", "writers",
            "txn_retention_warning", "check_txn_retention"]
 
 
@@ -237,11 +237,36 @@ class Prior:
     data: tuple | None
 
 
-def data_identity(checkpoint: str | None, version: int | None, predicate: str | None = None) -> tuple | None:
-    """What a sink publishes: the checkpoint table and version it reads, and where (``replace_where``)."""
+def data_identity(checkpoint: str | None, version: int | None, predicate: str | None = None,
+                  chunks: Sequence[Mapping[str, Any]] | None = None) -> tuple | None:
+    """What a sink publishes: the checkpoint table and version it reads (a chunked stage: each chunk's),
+    and where (``replace_where``).
+
+    >>> data_identity("/ck/a", 0) == data_identity(None, None, chunks=[{"checkpoint": "/ck/a", "version": 0}])
+    False
+    """
+    if chunks:
+        return ("chunks", *((canonical(c["checkpoint"]), int(c["version"])) for c in chunks)) + \
+            ((predicate,) if predicate else ())
     if checkpoint is None or version is None:
         return None
     return (canonical(checkpoint), int(version)) + ((predicate,) if predicate else ())
+
+
+def output_identity(stage: StageRecord | None, predicate: str | None = None) -> tuple | None:
+    """What a sink fed by ``stage``'s recorded output publishes (:func:`data_identity`)."""
+    if stage is None:
+        return None
+    return data_identity(stage.checkpoint, stage.version, predicate,
+                         stage.output if stage.chunk_order is not None else None)
+
+
+def planned_output(stage: StageRecord) -> dict[str, Any]:
+    """What a ``sink_planned`` event records of the data it publishes (read back by :func:`priors`)."""
+    out: dict[str, Any] = {"checkpoint": stage.checkpoint, "checkpoint_version": stage.version}
+    if stage.chunk_order is not None:
+        out["checkpoint_chunks"] = [{"checkpoint": c["checkpoint"], "version": c["version"]} for c in stage.output]
+    return out
 
 
 def priors(lineage: Sequence[RunRecord]) -> dict[str, Prior]:
@@ -259,7 +284,7 @@ def priors(lineage: Sequence[RunRecord]) -> dict[str, Prior]:
                 continue
             out[canonical(table)] = Prior(run.run_id, entry["txn_app_id"], int(entry["txn_version"]),
                                           data_identity(entry.get("checkpoint"), entry.get("checkpoint_version"),
-                                                        entry.get("predicate")))
+                                                        entry.get("predicate"), entry.get("checkpoint_chunks")))
     return out
 
 

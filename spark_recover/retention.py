@@ -68,9 +68,10 @@ def _needed(runs: list[RunRecord], layout: Layout, keep_days: float) -> tuple[di
     """The checkpoint versions ``runs`` need, and the checkpoint folders of the running ones."""
     needed: dict[str, set[int]] = defaultdict(set)
     for run in _needed_runs(runs, keep_days, dt.datetime.now(dt.timezone.utc)):
-        for stage in run.stages.values():
-            if stage.checkpoint and stage.version is not None:
-                needed[canonical(stage.checkpoint)].add(int(stage.version))
+        for stage in run.stages.values():  # a chunked stage's chunks too, done or not (a resume reuses them)
+            for part in [{"checkpoint": stage.checkpoint, "version": stage.version}, *stage.chunks.values()]:
+                if part["checkpoint"] and part["version"] is not None:
+                    needed[canonical(part["checkpoint"])].add(int(part["version"]))
     running = {canonical(f"{layout.checkpoints}/{r.job}/{r.params_key}") for r in runs if r.status == "running"}
     return needed, running
 

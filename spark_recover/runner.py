@@ -28,12 +28,13 @@ from . import __version__, checkpoint, failpoints, history, lease, publication, 
 from .rerun import check_params, new_run_id, params_key, plain_rerun_refusal, replay_params
 from .config import Settings, load_settings
 from .errors import RecoverError, RefusedError, StageError, UsageError
-from .job import Job
+from .fingerprint import digest
+from .job import Job, chunk_key
 from .history import RunRecord, apply_event
 from .ledger import Ledger
 from .lease import Heartbeat
 from .liveness import this_process
-from .plan import StagePlan, plan_run
+from .plan import StagePlan, chunk_fingerprint, plan_run, reusable_chunk
 from .publication import SinkTarget
 from .display import params_text, run_text
 from .storage import Layout, canonical, is_local
@@ -73,7 +74,7 @@ class RunResult:
             raise UsageError(f"stage {stage!r} has no checkpoint in run {self.run_id}",
                              f"expected a succeeded stage, one of "
                              f"{[s.name for s in self.stages if s.status == 'succeeded']}", stage=stage)
-        return checkpoint.read(self._spark, rec.checkpoint, rec.version, self.layout)
+        return checkpoint.read_stage(self._spark, rec, self.layout)
 
     def to_json(self) -> dict[str, Any]:
         return self.record.to_json()
@@ -172,6 +173,9 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
     if not stage_names:
         raise UsageError(f"job {job.name!r} has no stages", "expected at least one @job.stage")
     failpoints.check(stage_names)
+    for stage in job.stages:  # chunks named by the parameters: checked before anything is written
+        if stage.chunks is not None and stage.chunks.of_params is not None:
+            stage.chunk_values(ctx.params)
     job.downstream(list(rerun))  # validates the names
     lineage = history.replayable_lineage(resume_from, ctx.ledger.runs(job.name, run_ids=[resume_from.run_id])) \
         if resume_from is not None else []
@@ -212,7 +216,7 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
         chain = history.origin_chain(resume_from, lineage)
         pins = _pin_sources(ctx, spark, chain, refresh_sources)
         plans = plan_run(job, ctx.params, pins, origin=resume_from, rerun=rerun, ancestors=chain[1:],
-                         verify=lambda rec: checkpoint.verify(rec.checkpoint, rec.version, ctx.layout),
+                         verify=lambda rec: checkpoint.verify_stage(rec, ctx.layout),
                          session_parts=session.fingerprint_parts(spark))
         _check_publication(ctx, spark, targets, plans, lineage)
         for warning in sinks.txn_retention_warnings(spark, targets, lineage, retention.RECOVERY_WINDOW_DAYS):
@@ -313,8 +317,7 @@ def _check_publication(ctx: RunContext, spark, targets: list[SinkTarget], plans:
         if prior is None:
             continue
         plan = by_stage[st.sink.stage]
-        data = publication.data_identity(plan.origin.checkpoint, plan.origin.version, st.predicate) \
-            if plan.reuse and plan.origin else None
+        data = publication.output_identity(plan.origin, st.predicate) if plan.reuse else None
         committed = sinks.table_state(spark, st.target, prior.app).txn_version
         publication.decide(st.table, data, prior, prior.app, committed, [])  # raises if refused
 
@@ -339,8 +342,7 @@ def _execute(ctx: RunContext, spark, plans: list[StagePlan], pins: Mapping[str, 
             if name in pins:
                 frames[name] = sources.read(spark, next(s for s in job.sources if s.name == name), pins[name])
             else:
-                rec = ctx.record.stages[name]
-                frames[name] = checkpoint.read(spark, rec.checkpoint, rec.version, ctx.layout)
+                frames[name] = checkpoint.read_stage(spark, ctx.record.stages[name], ctx.layout)
         return frames[name]
 
     width = max(len(p.name) for p in plans)
@@ -349,10 +351,12 @@ def _execute(ctx: RunContext, spark, plans: list[StagePlan], pins: Mapping[str, 
         if plan.reuse:
             o = plan.origin
             assert o is not None
+            chunks = {"chunks": o.chunk_order, "chunk_records": [{"key": k, **o.chunks[k]} for k in o.chunk_order]} \
+                if o.chunk_order is not None else {}
             ctx.log("stage_reused", stage=plan.name, version=o.version, rows=o.rows, seconds=0.0,
                     fingerprint=o.fingerprint, checkpoint=o.checkpoint, reason="reused",
                     detail={"parts": {**plan.parts, "compute_seconds": o.parts.get("compute_seconds")},
-                            "from_run": o.from_run})
+                            "from_run": o.from_run, **chunks})
             ctx.say(f"{tag} reused (version {o.version}, {_rows(o.rows)} from run {o.from_run})")
             continue
         ctx.say(f"{tag} started" + (f": recomputed because {plan.reason}" if plan.reason else ""))
@@ -362,10 +366,14 @@ def _execute(ctx: RunContext, spark, plans: list[StagePlan], pins: Mapping[str, 
         location = ctx.layout.checkpoint(job.name, ctx.params_key, plan.name, ctx.run_id)
         t0 = time.monotonic()
         try:
-            out = plan.stage.call(frame, MappingProxyType(dict(ctx.params)), spark)
-            _check_dataframe(plan.name, out)
-            written = checkpoint.write(out, location, {"run_id": ctx.run_id, "stage": plan.name,
-                                                       "fingerprint": plan.fingerprint}, ctx.layout)
+            if plan.stage.chunks is not None:
+                _execute_chunks(ctx, spark, plan, frame)
+                written = None
+            else:
+                out = plan.stage.call(frame, MappingProxyType(dict(ctx.params)), spark)
+                _check_dataframe(plan.name, out)
+                written = checkpoint.write(out, location, {"run_id": ctx.run_id, "stage": plan.name,
+                                                           "fingerprint": plan.fingerprint}, ctx.layout)
         except Exception as exc:
             seconds = time.monotonic() - t0
             message = _first_line(exc)
@@ -376,13 +384,49 @@ def _execute(ctx: RunContext, spark, plans: list[StagePlan], pins: Mapping[str, 
             raise StageError(f"stage {plan.name!r} failed", error, stage=plan.name) from exc
         failpoints.hit(plan.name, "after_write")
         seconds = time.monotonic() - t0
-        ctx.log("stage_succeeded", stage=plan.name, version=written.version, rows=written.rows,
-                seconds=round(seconds, 3), fingerprint=plan.fingerprint, checkpoint=location,
-                reason=plan.reason, detail={"parts": {**plan.parts, "compute_seconds": round(seconds, 3)},
-                                            "from_run": ctx.run_id, "files": written.files,
-                                            "bytes": written.bytes})
+        if written is None:  # chunked: each chunk is recorded; the stage records their order
+            chunks = ctx.record.stages[plan.name].chunks
+            rows = sum(c["rows"] or 0 for c in chunks.values())
+            ctx.log("stage_succeeded", stage=plan.name, rows=rows, seconds=round(seconds, 3),
+                    fingerprint=plan.fingerprint, reason=plan.reason,
+                    detail={"parts": {**plan.parts, "compute_seconds": round(seconds, 3)}, "from_run": ctx.run_id,
+                            "chunks": list(chunks)})
+            done = f"{_rows(rows)} in {len(chunks)} chunks ({sum(c['reused'] for c in chunks.values())} reused)"
+        else:
+            ctx.log("stage_succeeded", stage=plan.name, version=written.version, rows=written.rows,
+                    seconds=round(seconds, 3), fingerprint=plan.fingerprint, checkpoint=location,
+                    reason=plan.reason, detail={"parts": {**plan.parts, "compute_seconds": round(seconds, 3)},
+                                                "from_run": ctx.run_id, "files": written.files,
+                                                "bytes": written.bytes})
+            done = f"{_rows(written.rows)}, version {written.version}"
         failpoints.hit(plan.name, "after_commit")
-        ctx.say(f"{tag} done in {seconds:.1f}s: {_rows(written.rows)}, version {written.version}")
+        ctx.say(f"{tag} done in {seconds:.1f}s: {done}")
+
+
+def _execute_chunks(ctx: RunContext, spark, plan: StagePlan, frame: Callable[[str], Any]) -> None:
+    """Run a chunked stage chunk by chunk, each committed and recorded on its own; a chunk the replayed
+    run committed with the same fingerprint (and a whole checkpoint) is reused, unless the stage is forced."""
+    values = plan.stage.chunk_values(ctx.params, frame)
+    params = MappingProxyType(dict(ctx.params))
+    for n, value in enumerate(values, 1):
+        key = chunk_key(value)
+        fingerprint = chunk_fingerprint(plan.chunk_base, key)
+        old = reusable_chunk(plan, key, lambda c: checkpoint.verify(c["checkpoint"], c["version"], ctx.layout))
+        if old is not None:
+            ctx.log("chunk_reused", stage=plan.name, version=old["version"], rows=old["rows"], seconds=0.0,
+                    fingerprint=fingerprint, checkpoint=old["checkpoint"],
+                    detail={"key": key, "chunk": value, "from_run": old.get("from_run")})
+            continue
+        location = ctx.layout.checkpoint(ctx.job.name, ctx.params_key, f"{plan.name}@{digest(key, 12)}", ctx.run_id)
+        t0 = time.monotonic()
+        out = plan.stage.call(frame, params, spark, chunk=value)
+        _check_dataframe(plan.name, out)
+        written = checkpoint.write(out, location, {"run_id": ctx.run_id, "stage": plan.name, "chunk": key,
+                                                   "fingerprint": fingerprint}, ctx.layout)
+        ctx.log("chunk_succeeded", stage=plan.name, version=written.version, rows=written.rows,
+                seconds=round(time.monotonic() - t0, 3), fingerprint=fingerprint, checkpoint=location,
+                detail={"key": key, "chunk": value, "from_run": ctx.run_id})
+        ctx.say(f"      chunk {n}/{len(values)} {value!r}: {_rows(written.rows)} in {time.monotonic() - t0:.1f}s")
 
 
 def _publish(ctx: RunContext, spark, targets: list[SinkTarget], lineage: list[RunRecord]) -> None:
@@ -405,13 +449,13 @@ def _publish(ctx: RunContext, spark, targets: list[SinkTarget], lineage: list[Ru
         prior = prior_of.get(canonical(st.table))
         app = prior.app if prior else publication.app_id(ctx.job.name, first_key, st.target)
         committed = sinks.table_state(spark, st.target, app).txn_version
-        identity = publication.data_identity(data.checkpoint, data.version, st.predicate)
+        identity = publication.output_identity(data, st.predicate)
         decision = publication.decide(st.table, identity, prior, app, committed,
                                       publication.taken_versions(runs, app))
         ctx.claim.check()
         planned = {"table": st.table, "mode": st.sink.mode, "txn_app_id": decision.app,
                    "txn_version": decision.txn_version, "repeats": decision.repeats, "predicate": st.predicate,
-                   "checkpoint": data.checkpoint, "checkpoint_version": data.version}
+                   **publication.planned_output(data)}
         if (st.sink.mode == "merge" or st.target.catalog) and session.is_connect(spark):
             # A MERGE (or a catalog table's creation) runs in a server session of its own: its id goes in
             # the ledger first, so a takeover or rollback can stop it there if this client dies mid-write.
@@ -425,7 +469,7 @@ def _publish(ctx: RunContext, spark, targets: list[SinkTarget], lineage: list[Ru
         t0 = time.monotonic()
         try:
             def read(session):
-                return checkpoint.read(session, data.checkpoint, data.version, ctx.layout)
+                return checkpoint.read_stage(session, data, ctx.layout)
 
             written = sinks.publish(spark, st, read, decision.app, decision.txn_version,
                                     {"run_id": ctx.run_id, "sink": st.table},

@@ -76,9 +76,12 @@ def bars(runs: Sequence[RunRecord]) -> list[Bar]:
             if st.status == "pending" or st.started_at is None:
                 continue
             end = st.ended_at or run.last_seen or st.started_at
+            chunks = f"{len(st.chunks)} chunk(s), {sum(c['reused'] for c in st.chunks.values())} reused" \
+                if st.chunks else None
+            why = "; ".join(filter(None, [st.error or st.reason, chunks])) or None
             out.append(Bar(attempt, run.run_id, st.name, _stage_status(st.status, st.reused),
                            (st.started_at - origin).total_seconds(), max(0.0, (end - st.started_at).total_seconds()),
-                           st.error or st.reason, st.rows, st.version))
+                           why, st.rows, st.version))
         journal = run.rollback or {}
         began, ended = _when(journal.get("started_at")), _when(journal.get("finished_at"))
         if began is not None:
