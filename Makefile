@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.lease_race --trials 20
 	$(BIN)/python -m bench.connect --rounds 2
 	$(BIN)/python -m bench.history --e2e
+	$(BIN)/python -m bench.chunks
 
 clean:
 	rm -rf $(VENV) .compat .spark-recover demo-data

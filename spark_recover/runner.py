@@ -351,7 +351,7 @@ def _execute(ctx: RunContext, spark, plans: list[StagePlan], pins: Mapping[str, 
         if plan.reuse:
             o = plan.origin
             assert o is not None
-            chunks = {"chunks": o.chunk_order, "chunk_records": [{"key": k, **o.chunks[k]} for k in o.chunk_order]} \
+            chunks = {"chunks": o.chunk_order, "chunk_records": [{"key": k, **o.chunks[k], "reused": True} for k in o.chunk_order]} \
                 if o.chunk_order is not None else {}
             ctx.log("stage_reused", stage=plan.name, version=o.version, rows=o.rows, seconds=0.0,
                     fingerprint=o.fingerprint, checkpoint=o.checkpoint, reason="reused",

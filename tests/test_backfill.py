@@ -118,3 +118,39 @@ def test_a_killed_backfill_run_again_completes_each_value_exactly_once(spark, so
     for table in TABLES:
         reference = spark.read.format("delta").load(str(tmp_path / "clean" / table)).collect()
         assert_same_rows(spark, spark.read.format("delta").load(str(out / table)), reference)
+
+
+PER_VALUE_JOB = '''
+from pyspark.sql import functions as F
+from spark_recover import Job
+
+job = Job("per_value")
+events = job.source("events", path="{data}/events")
+
+
+@job.stage
+def sliced(events, params):
+    return events.where(F.col("day") == params["day"]).groupBy("store_id").agg(F.sum("qty").alias("qty"))
+
+
+job.sink("sliced", path="{out}/day={day}", mode="overwrite")
+'''
+
+
+def test_a_parallel_backfill_runs_each_value_once_then_skips_them_all(spark, source_data, tmp_path):
+    path = tmp_path / "per_value.py"
+    path.write_text(PER_VALUE_JOB)
+    job, root = load_job(str(path)), str(tmp_path / "root")
+    params = {"data": str(source_data), "out": str(tmp_path / "out"), "day": "0..5"}
+    first = job.backfill(params, parallel=3, root=root, spark=spark, echo=False)
+    assert [o.status for o in first.outcomes] == ["succeeded"] * 6 and first.exit_code == 0, first
+    assert [o.value for o in first.outcomes] == [{"day": str(d)} for d in range(6)]  # value order, not end order
+    for day in range(6):
+        rows = spark.read.format("delta").load(str(tmp_path / "out" / f"day={day}")).collect()
+        want = spark.read.format("delta").load(str(source_data / "events")).where(f"day = '{day}'") \
+            .groupBy("store_id").sum("qty").collect()
+        assert sorted(map(tuple, rows)) == sorted(map(tuple, want))
+    again = job.backfill(params, parallel=3, root=root, spark=spark, echo=False)
+    assert [o.status for o in again.outcomes] == ["skipped"] * 6
+    assert [o.run_id for o in again.outcomes] == [o.run_id for o in first.outcomes]
+    assert [r["attempts"] for r in job.backfill_status(params, root=root)] == [1] * 6
