@@ -1,6 +1,7 @@
 """The benchmark's chunked job (bench/chunks.py): one heavy stage over ``{data}/events``, one chunk per bucket.
 
-``-p chunks=N``: N buckets (default 10). bench/chunks.py runs the same work as one stage beside it.
+``-p chunks=N``: N buckets (default 10); ``-p rounds=R``: the work per row. bench/chunks.py runs the same
+work as one stage beside it.
 """
 
 from pyspark.sql import functions as F
@@ -11,17 +12,18 @@ job = Job("bench_chunked")
 job.source("events", path="{data}/events")
 
 
-def work(events):
-    """Per key: sums, counts and a distinct count, and a digest of the row (a shuffle and a hash)."""
-    agg = (events.groupBy("bucket", "key")
-           .agg(F.sum("amount").alias("amount"), F.count("*").alias("n"),
-                F.countDistinct("item").alias("items"), F.max("amount").alias("top")))
-    return agg.withColumn("digest", F.sha2(F.concat_ws("|", "key", "amount", "n", "items"), 256))
+def work(events, rounds: int):
+    """CPU-bound work per row (``rounds`` chained SHA-256 of it), then per key: counts, sums, the top digest."""
+    digest = F.concat_ws("|", "key", "item", "amount")
+    for _ in range(rounds):
+        digest = F.sha2(digest, 256)
+    return (events.withColumn("digest", digest).groupBy("bucket", "key")
+            .agg(F.count("*").alias("n"), F.sum("amount").alias("amount"), F.max("digest").alias("digest")))
 
 
 @job.stage(chunks=lambda params: list(range(int(params.get("chunks", "10")))))
-def heavy(events, chunk):
-    return work(events.where(F.col("bucket") == chunk))
+def heavy(events, chunk, params):
+    return work(events.where(F.col("bucket") == chunk), int(params.get("rounds", "64")))
 
 
 job.sink("heavy", path="{out}/heavy", mode="overwrite")

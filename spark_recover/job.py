@@ -36,7 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .backfill import Backfill
     from .preview import Preview
 
-__all__ = ["Job", "Source", "Stage", "Sink", "Chunks", "chunk_key", "check_chunks", "SINK_MODES", "INJECTABLE", "UnpinnedReadWarning", "load_job"]
+__all__ = ["Job", "Source", "Stage", "Sink", "Chunks", "chunk_key", "check_chunks", "SINK_MODES", "INJECTABLE",
+           "UnpinnedReadWarning", "load_job"]
 
 INJECTABLE = ("params", "spark", "chunk")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
