@@ -20,6 +20,7 @@ from conftest import JOBS, SINK_JOB, TABLES
 FAILING_JOB = str(JOBS / "failing_job.py")
 
 
+@pytest.mark.soak  # ~2.5 minutes of driver processes: `make soak` (keeps `make test` under 20 minutes)
 def test_drill_of_every_sink_mode_loses_and_duplicates_nothing(spark, source_data, recover_root, tmp_path):
     out = tmp_path / "out"
     params = {"data": str(source_data), "out": str(out), "day": "3"}
