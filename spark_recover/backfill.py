@@ -66,8 +66,7 @@ def expand_value(key: str, value: Any) -> list[Any]:
     if not values:
         raise UsageError(f"parameter {key!r} has no values", "expected at least one value", param=key)
     if len(values) > MAX_VALUES:
-        raise UsageError(f"parameter {key!r} has {len(values):,} values", f"expected at most {MAX_VALUES:,} in one "
-                         "backfill; split it", param=key, values=len(values))
+        raise _too_many(key, len(values))
     seen: set[str] = set()
     for v in values:
         try:
@@ -82,6 +81,11 @@ def expand_value(key: str, value: Any) -> list[Any]:
     return values
 
 
+def _too_many(key: str, count: int) -> UsageError:
+    return UsageError(f"parameter {key!r} has {count:,} values", f"expected at most {MAX_VALUES:,} in one "
+                      "backfill; split it", param=key, values=count)
+
+
 def _range(key: str, text: str) -> list[str]:
     first, _, last = text.partition("..")
     first, last = first.strip(), last.strip()
@@ -91,8 +95,7 @@ def _range(key: str, text: str) -> list[str]:
             raise UsageError(f"empty range for parameter {key!r}: {text!r}", f"expected {first} <= {last}",
                              param=key, value=text)
         if b - a >= MAX_VALUES:
-            raise UsageError(f"parameter {key!r} has {b - a + 1:,} values", f"expected at most {MAX_VALUES:,} in one "
-                             "backfill; split it", param=key, values=b - a + 1)
+            raise _too_many(key, b - a + 1)  # before listing them
         return [str(n) for n in range(a, b + 1)]
     except ValueError:
         pass
@@ -107,8 +110,7 @@ def _range(key: str, text: str) -> list[str]:
                          param=key, value=text)
     days = (d1 - d0).days + 1
     if days > MAX_VALUES:
-        raise UsageError(f"parameter {key!r} has {days:,} values", f"expected at most {MAX_VALUES:,} in one "
-                         "backfill; split it", param=key, values=days)
+        raise _too_many(key, days)
     return [(d0 + dt.timedelta(days=n)).isoformat() for n in range(days)]
 
 
@@ -129,8 +131,10 @@ def expand(params: Mapping[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
         raise UsageError(f"{len(combos):,} values to backfill", f"expected at most {MAX_VALUES:,}; split it",
                          values=len(combos))
     fixed = {k: options[k][0] for k in params if k not in swept}
-    out = [check_params({k: (dict(zip(swept, combo))[k] if k in swept else fixed[k]) for k in params})
-           for combo in combos]
+    out = []
+    for combo in combos:
+        value = {**fixed, **dict(zip(swept, combo))}
+        out.append(check_params({k: value[k] for k in params}))  # the parameters in the order given
     return swept, out
 
 

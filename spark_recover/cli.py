@@ -446,9 +446,9 @@ def _cmd_jars(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"jars": _cmd_jars, "run": _cmd_run, "plan": _cmd_plan, "resume": _cmd_resume, "redo": _cmd_redo, "rollback": _cmd_rollback,
-             "point": _cmd_point, "gc": _cmd_gc, "drill": _cmd_drill, "backfill": _cmd_backfill, "runs": _cmd_runs, "show": _cmd_show,
-             "report": _cmd_report}
+_COMMANDS = {"jars": _cmd_jars, "run": _cmd_run, "plan": _cmd_plan, "resume": _cmd_resume, "redo": _cmd_redo,
+             "rollback": _cmd_rollback, "point": _cmd_point, "gc": _cmd_gc, "drill": _cmd_drill,
+             "backfill": _cmd_backfill, "runs": _cmd_runs, "show": _cmd_show, "report": _cmd_report}
 
 
 def _guarded(call, *args: Any) -> int:

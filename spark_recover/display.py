@@ -46,9 +46,9 @@ def _stage_rows(record: RunRecord) -> list[list[Any]]:
     rows = []
     for s in record.stage_list():
         rows.append([s.name, s.status, s.reused, s.version, s.rows, s.seconds, s.error or s.reason])
-        chunks = [s.chunks[k] for k in s.chunk_order] if s.chunk_order is not None else list(s.chunks.values())
         rows += [[f"  chunk {c['chunk']!r}", "reused" if c["reused"] else "done", c["reused"], c["version"],
-                  c["rows"], c["seconds"], f"from run {c['from_run']}" if c["reused"] else None] for c in chunks]
+                  c["rows"], c["seconds"], f"from run {c['from_run']}" if c["reused"] else None]
+                 for c in s.chunk_list]
     return rows
 
 

@@ -429,7 +429,8 @@ def drill(job_file: str, params: Mapping[str, str] | None = None, *, kills: int 
                   "ok": not failing and not broken, "verdict": verdict,
                   "failing_seed": failing[0].seed if failing else None,
                   "clean_seconds": round(clean_seconds, 3), "clean_timeline": timeline, "drill_root": area.base,
-                  "sinks_redirected": area.tables, "summary": summary, "trials": [asdict(t) for t in trials],
+                  "sinks_redirected": area.tables, "summary": summary,
+                  "trials": [{**asdict(t), "ok": t.ok} for t in trials],
                   "damage": [{**asdict(c), "ok": c.ok} for c in cases]}
         return report
     finally:

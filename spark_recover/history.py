@@ -58,10 +58,17 @@ class StageRecord:
     chunk_order: list[str] | None = None
 
     @property
+    def chunk_list(self) -> list[dict[str, Any]]:
+        """A chunked stage's chunks in order: the recorded order once the stage is done, else as they were done."""
+        if self.chunk_order is None:
+            return list(self.chunks.values())
+        return [self.chunks[k] for k in self.chunk_order]
+
+    @property
     def output(self) -> list[dict[str, Any]]:
         """The checkpoints its output is read from: one table, or each chunk's in order (their union)."""
         if self.chunk_order is not None:
-            return [self.chunks[k] for k in self.chunk_order]
+            return self.chunk_list
         return [{"checkpoint": self.checkpoint, "version": self.version}] if self.checkpoint else []
 
     def to_json(self) -> dict[str, Any]:
@@ -70,7 +77,7 @@ class StageRecord:
                "rows": self.rows, "fingerprint": self.fingerprint,
                "checkpoint": self.checkpoint, "from_run": self.from_run, "error": self.error}
         if self.chunks:
-            out["chunks"] = [self.chunks[k] for k in (self.chunk_order or list(self.chunks))]
+            out["chunks"] = self.chunk_list
         return out
 
 
@@ -259,7 +266,8 @@ def apply_event(run: RunRecord, ev: Mapping[str, Any]) -> None:
         if kind == "stage_started":
             st.chunks, st.chunk_order = {}, None
         if "chunks" in detail:  # a chunked stage done (a reuse carries its origin's chunk records)
-            st.chunks.update({c["key"]: {k: v for k, v in c.items() if k != "key"} for c in detail.get("chunk_records", [])})
+            st.chunks.update({c["key"]: {k: v for k, v in c.items() if k != "key"}
+                              for c in detail.get("chunk_records", [])})
             st.chunk_order = list(detail["chunks"])
 
 

@@ -50,8 +50,8 @@ from .ledger import LeaseConflict, Ledger
 from .liveness import BEATS_BEFORE_DEAD, process_alive, this_process
 from .storage import canonical, is_s3, require_conditional_put
 
-__all__ = ["Claim", "claim", "Heartbeat", "hold", "hold_key", "hold_is_live", "hold_refusal", "claim_refusal", "LOG_STORE_KEYS",
-           "needs_table_lease", "table_writer", "take_table", "TABLE_WAIT_SECONDS"]
+__all__ = ["Claim", "claim", "Heartbeat", "hold", "hold_key", "hold_is_live", "hold_refusal", "claim_refusal",
+           "LOG_STORE_KEYS", "needs_table_lease", "table_writer", "take_table", "TABLE_WAIT_SECONDS"]
 
 _ATTEMPTS = 200
 # The Delta-Spark settings that choose a log store (per scheme, and the older one for all schemes).

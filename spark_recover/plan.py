@@ -73,9 +73,9 @@ def plan_run(job: Job, params: Mapping[str, Any], pins: Mapping[str, Any],
     for stage in job.stages:
         parts = _parts(stage, job.file, params, pins, fingerprints, session_parts or {})
         plan = StagePlan(stage, parts, stage_fingerprint(parts))
-        if stage.chunks is not None:  # its chunks named by the parameters: the list is part of the stage's output
-            base = {k: v for k, v in parts.items() if k != "chunks"}
-            plan.chunk_base = stage_fingerprint(base)
+        if stage.chunks is not None:  # chunks named by the parameters: the list is in the stage's fingerprint only
+            plan.chunk_base = stage_fingerprint({k: v for k, v in parts.items() if k != "chunks"}) \
+                if "chunks" in parts else plan.fingerprint
         fingerprints[stage.name] = plan.fingerprint
         plans.append(plan)
         if origin is None:

@@ -36,8 +36,8 @@ from .storage import Layout, Target, canonical
 
 __all__ = ["SinkTarget", "Prior", "Decision", "app_id", "redirected", "scratch_schema", "redirected_table",
            "catalog_problem", "require_lasting_catalog", "resolve_sinks", "priors", "data_identity", "decide",
-           "recovery_point", "taken_versions", "output_identity", "planned_output", "created_tables", "TXN_RETENTION", "writers",
-           "txn_retention_warning", "check_txn_retention"]
+           "recovery_point", "taken_versions", "output_identity", "planned_output", "created_tables", "TXN_RETENTION",
+           "writers", "txn_retention_warning", "check_txn_retention"]
 
 
 def app_id(job: str, params_key: str, target: Target) -> str:

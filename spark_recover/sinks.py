@@ -28,8 +28,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from .history import RunRecord
     from .publication import SinkTarget
 
-__all__ = ["fill_predicate", "placeholders", "TableState", "table_state", "physical_uri", "publish", "isolated_session",
-           "txn_retention_warnings", "commit_tag"]
+__all__ = ["fill_predicate", "placeholders", "TableState", "table_state", "physical_uri", "publish",
+           "isolated_session", "txn_retention_warnings", "commit_tag"]
 
 _TXN_CONFS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion",
               "spark.databricks.delta.commitInfo.userMetadata")

@@ -240,8 +240,7 @@ def drill_html(report: Mapping[str, Any]) -> str:
     lanes = [f'<div class="lane" data-run="clean"><div class="label">clean run ({report["clean_seconds"]:.1f} s)'
              f'</div><div class="track">{clean}</div></div>']
     for t in trials:
-        ok = not (t["error"] or t["duplicates"] or t["missing"] or t["extra"] or t["commit_problems"]
-                  or t.get("rollback_wrong_rows"))
+        ok = t["ok"]  # Trial.ok: the verdict's own rule
         said = (f"trial {t['number']}: " + (f"killed at {t['kill_at']:.2f} s in {t['hit']}" if t["kill_at"] is not None
                                             else t["hit"])
                 + f"; {t['resumes']} resume(s), recovered in {t['recovery_seconds']:.1f} s"
