@@ -13,6 +13,7 @@ this process (median of 5):
 - run-start bookkeeping: what ``run`` does before its session starts (the
   replay choice, the rerun guard, the lease claim, reading its own record) and
   the lease check before a sink, on a new ``Ledger`` as a new process would;
+- an S3 sink's table lease (who else writes the table, then its commit);
 - ``show`` (one run and its logical run), ``runs`` (the default page), one append;
 - the ``_delta_log`` file count;
 - ``gc --dry-run`` over a checkpoint table per stage of each run (up to 10k runs).
@@ -129,6 +130,15 @@ def _run_start(root: Path, n: int) -> None:
     ledger.append(run_id, "tiny", "run_finished", status="succeeded", seconds=0.1)
 
 
+def _sink_lease(root: Path, n: int) -> None:
+    """An S3 sink's table lease (``lease.take_table``): who else writes the table, then the ``sink_planned`` commit."""
+    ledger, table = Ledger(Layout.at(str(root))), "s3a://bench/daily"
+    run_id = f"20261129T000001Z-{n:016x}"
+    lease.take_table(ledger, run_id, table, lambda at: ledger.append(
+        run_id, "tiny", "sink_planned", stage="totals", only_at=at, detail={"table": table}), wait_seconds=0)
+    ledger.append(run_id, "tiny", "run_finished", status="succeeded", seconds=0.1)
+
+
 def measure(ledger: Ledger, root: Path, runs: int) -> dict:
     shown = f"20260101T000000Z-{(runs // 2):016x}"
     counter = iter(range(10**6))
@@ -137,6 +147,7 @@ def measure(ledger: Ledger, root: Path, runs: int) -> dict:
         "show_s": _median(lambda: run_text(Ledger(Layout.at(str(root))).run(shown))),
         "runs_page_s": _median(lambda: Ledger(Layout.at(str(root))).page(limit=50)),
         "append_s": _median(lambda: ledger.append(shown, "tiny", "heartbeat")),
+        "sink_lease_s": _median(lambda: _sink_lease(root, next(counter))),
     }
     out["delta_log_files"] = len(os.listdir(Path(ledger.uri) / "_delta_log"))
     out["data_files"] = len(ledger.layout.delta(ledger.uri).file_uris())
@@ -168,10 +179,10 @@ def _e2e(work: Path, grown: Path) -> dict:
 
 def markdown(results: dict) -> str:
     lines = ["| runs in the ledger | run-start bookkeeping (s) | `show` (s) | `runs` page (s) | one append (s) "
-             "| `_delta_log` files | data files |", "|---|---|---|---|---|---|---|"]
+             "| S3 sink lease (s) | `_delta_log` files | data files |", "|---|---|---|---|---|---|---|---|"]
     for size, r in results["sizes"].items():
         lines.append(f"| {int(size):,} | {r['run_start_s']:.3f} | {r['show_s']:.3f} | {r['runs_page_s']:.3f} "
-                     f"| {r['append_s']:.3f} | {r['delta_log_files']} | {r['data_files']} |")
+                     f"| {r['append_s']:.3f} | {r['sink_lease_s']:.3f} | {r['delta_log_files']} | {r['data_files']} |")
     gcs = {size: r for size, r in results["sizes"].items() if "gc_dry_run_s" in r}
     if gcs:
         lines += ["", "`gc --dry-run` over a checkpoint table per stage of every run: " + "; ".join(
@@ -182,7 +193,8 @@ def markdown(results: dict) -> str:
         lines += ["", f"At {int(size):,} runs against {int(sizes[0]):,}: run start "
                   f"{this['run_start_s'] / first['run_start_s']:.2f}x, show {this['show_s'] / first['show_s']:.2f}x, "
                   f"append {this['append_s'] / first['append_s']:.2f}x, runs page "
-                  f"{this['runs_page_s'] / first['runs_page_s']:.2f}x."]
+                  f"{this['runs_page_s'] / first['runs_page_s']:.2f}x, S3 sink lease "
+                  f"{this['sink_lease_s'] / first['sink_lease_s']:.2f}x."]
     if "e2e" in results:
         e = results["e2e"]
         lines += ["", f"End to end, the tiny job's `spark-recover run` (median of 3, interleaved): {e['fresh']} s on a "
@@ -200,7 +212,7 @@ def chart(results: dict) -> None:
     sizes = [int(size) for size in results["sizes"]]
     fig, ax = plt.subplots(figsize=(8, 4))
     for key, label in (("run_start_s", "run-start bookkeeping"), ("show_s", "show"), ("runs_page_s", "runs (page)"),
-                       ("append_s", "one append")):
+                       ("append_s", "one append"), ("sink_lease_s", "S3 sink lease")):
         ax.plot(sizes, [r[key] for r in results["sizes"].values()], marker="o", label=label)
     ax.set_xscale("log")
     ax.set_xlabel("runs in the ledger")

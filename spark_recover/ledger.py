@@ -448,6 +448,25 @@ class Ledger:
             else self._fold(self._rows(self._open(version)))
         return sorted((r for r in folded.values() if job is None or r.job == job), key=start_order)
 
+    def open_runs(self, *, logged: str, version: int | None = None) -> list[RunRecord]:
+        """The runs that logged event ``logged`` and have not finished (each with its logical run), as at ``version``.
+
+        Two narrow columns of the whole ledger are scanned, then only those
+        runs are read: a sink table's lease costs what the open runs cost, not
+        the root's history. A ledger of an older release is read whole.
+        """
+        import pyarrow.compute as pc
+        import pyarrow.dataset as ds
+
+        table = self._open(version)
+        if table is None or not _current(table):
+            return self.runs(version=version)
+        rows = self._scan(table, ds.field("event").isin([logged, "run_finished"]), ["run_id", "event"])
+        logged_by = rows.filter(pc.equal(rows["event"], logged))["run_id"].unique()
+        finished = rows.filter(pc.equal(rows["event"], "run_finished"))["run_id"].unique()
+        open_ids = logged_by.filter(pc.invert(pc.is_in(logged_by, value_set=finished))).to_pylist()
+        return self.runs(run_ids=sorted(open_ids), version=version) if open_ids else []
+
     def logical_run(self, record: RunRecord) -> list[RunRecord]:
         """The runs of ``record``'s logical run (its lineage), oldest first."""
         return history.lineage(record, self.runs(record.job, logical_run=record.logical_run_id or record.run_id))

@@ -187,6 +187,11 @@ def test_the_table_lease_passes_when_the_writer_finishes_or_is_dead(tmp_path):
     # A dead writer's lease expired: taken without waiting at all.
     lease.take_table(ledger, "day4", "s3a://warehouse/other", _plan(ledger, "day4", "s3a://warehouse/other"),
                      wait_seconds=0)
+    # A run that ended (failed) with its write still planned holds nothing, whatever its process.
+    _writing(ledger, "day5", this_process(), table="s3a://warehouse/fifth")
+    ledger.append("day5", "backfill", "run_finished", status="failed", error="boom")
+    lease.take_table(ledger, "day6", "s3a://warehouse/fifth", _plan(ledger, "day6", "s3a://warehouse/fifth"),
+                     wait_seconds=0)
     # Another table, or a write this run planned itself, does not block.
     lease.take_table(ledger, "day2", "s3a://warehouse/third", _plan(ledger, "day2", "s3a://warehouse/third"),
                      wait_seconds=0)
