@@ -214,7 +214,7 @@ def _value_text(value: Mapping[str, Any]) -> str:
 
 def _prepare(job: Job, params: Mapping[str, Any], settings: Settings) -> tuple[list[str], list[dict[str, Any]]]:
     """Every value, checked before anything runs: ranges, names, each value's sources and sinks."""
-    from .publication import resolve_sinks
+    from .sinks import resolve_sinks
 
     swept, values = expand(params)
     check_known(job, values[0])

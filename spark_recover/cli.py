@@ -330,7 +330,8 @@ def _cmd_gc(args: argparse.Namespace) -> int:
 
 
 def _cmd_drill(args: argparse.Namespace) -> int:
-    from .drill import drill, drill_text
+    from .display import drill_text
+    from .drill import drill
 
     settings = _settings(args, project_folder(args.job_file))
     page = _html_target(args.html) if args.html else None  # checked before hours of drilling, not after

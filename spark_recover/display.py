@@ -1,12 +1,13 @@
-"""How runs show themselves in the terminal: text tables (the HTML page of a logical run: :mod:`~spark_recover.timeline`)."""
+"""How runs and drills show themselves in the terminal: text tables (the HTML page of a logical run: :mod:`~spark_recover.timeline`)."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from .history import RunRecord
 
-__all__ = ["cell", "table", "run_text", "runs_text", "params_text", "status_text"]
+__all__ = ["cell", "table", "run_text", "runs_text", "params_text", "status_text", "seconds_text", "drill_table",
+           "drill_summary", "drill_text"]
 
 
 def params_text(params: dict[str, Any]) -> str:
@@ -116,3 +117,72 @@ def runs_text(records: Sequence[RunRecord]) -> str:
     rows = [[r.run_id, r.job, status_text(r), r.started_at.strftime("%Y-%m-%d %H:%M:%S") if r.started_at else None,
              r.total_seconds, r.origin_run_id, params_text(r.params)] for r in reversed(records)]
     return table(["run_id", "job", "status", "started (UTC)", "seconds", "origin", "params"], rows)
+
+
+def seconds_text(value: float | None) -> str:
+    """Seconds to two decimals, ``-`` for none.
+
+    >>> seconds_text(1.234), seconds_text(None)
+    ('1.23', '-')
+    """
+    return "-" if value is None else f"{value:.2f}"
+
+
+def drill_table(report: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
+    """The drill's trials as a table: header and rows (the text and the HTML page show the same)."""
+    rows = [[t["number"], t["seed"], seconds_text(t["kill_at"]), t["hit"], t["resumes"], t["recovery_seconds"],
+             t["recovery_ratio"], t["duplicates"], t["missing"], t["extra"],
+             " ".join(str(n) for n in t["commits"].values()) or "-",
+             "ok" if not (t["error"] or t["duplicates"] or t["missing"] or t["extra"] or t["retry_wrote"]
+                          or t["commit_problems"])
+             else t["error"] or "; ".join(t["commit_problems"]) or "FAILED"] for t in report["trials"]]
+    rollbacks = "rollbacks" in report["summary"]
+    if rollbacks:
+        for row, t in zip(rows, report["trials"]):
+            row[-1:-1] = ["-" if t["rollback_kill_at"] is None else
+                          f"{seconds_text(t['rollback_kill_at'])}s, {t['rollback_hit']}",
+                          t["rollback_attempts"], t["rollback_wrong_rows"]]
+    header = (["trial", "seed", "kill at (s)", "hit", "resumes", "recovery (s)", "R", "duplicated", "missing",
+               "extra", "commits"] + (["rollback killed", "rollback attempts", "rows off the point"]
+                                      if rollbacks else []) + ["outcome"])
+    return header, rows
+
+
+def drill_summary(report: Mapping[str, Any]) -> list[str]:
+    """The drill's figures, a line each: kills, rows off, sink commits, RTO, rollbacks, RPO."""
+    s = report["summary"]
+    lines = []
+    if report["trials"]:
+        lines += [
+            f"trials {s['trials']}, kills {s['kills']} (+{s['second_kills']} during a recovery), resumes {s['resumes']}",
+            f"rows duplicated {s['duplicated_rows']}, missing {s['missing_rows']}, extra {s['extra_rows']}",
+            f"sink data commits {s['sink_commits']} ({len(report['sinks_redirected'])} sink(s) x {s['trials']} logical "
+            f"run(s), each must be 1): {s['sink_commit_faults']} off; {s['moved_recoveries']} recovery process(es) "
+            "ran from another working directory",
+            f"recovery time (RTO): median {s['median_recovery_seconds']:.1f}s, max {s['max_recovery_seconds']:.1f}s "
+            f"(clean run {report['clean_seconds']:.1f}s)",
+        ]
+    if "rollbacks" in s:
+        lines.append(f"rollbacks {s['rollbacks']} ({s['rollback_kills']} killed midway and finished by a rerun): "
+                     f"{s['rollback_wrong_rows']} row(s) off the recovery point; median {s['median_rollback_seconds']:.1f}s, "
+                     f"max {s['max_rollback_seconds']:.1f}s")
+    lines.append(f"worst-case recompute after a kill (RPO): {s['rpo_seconds']:.1f}s of compute (stage {s['rpo_stage']})")
+    return lines
+
+
+def drill_text(report: Mapping[str, Any]) -> str:
+    """The drill report as the terminal shows it."""
+    lines = [
+        f"drill of job {report['job']} (seed {report['seed']}): sinks redirected under {report['drill_root']}/sinks,"
+        " your tables were not touched",
+    ]
+    if report["trials"]:
+        lines += ["", table(*drill_table(report)), ""]
+    lines += drill_summary(report)
+    if report.get("damage"):
+        lines += ["", "damaged state:", table(
+            ["case", "damage", "then", "outcome", "exit", "said"],
+            [[c["name"], c["damage"], c["operation"], c["outcome"] if c["ok"] else f"FAILED: {c['error']}",
+              "-" if c["exit_code"] is None else c["exit_code"], c["said"]] for c in report["damage"]]), ""]
+    lines.append(report["verdict"])
+    return "\n".join(lines)

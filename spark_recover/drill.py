@@ -19,7 +19,7 @@ a copy of the sink tables' current state. Each trial has its own root.
 
 A catalog sink (``table="db.daily"``) is redirected to a catalog table of the
 drill's own, ``[catalog.]spark_recover_drill_<digest>.daily_<digest>``
-(:func:`spark_recover.publication.redirected_table`), so the drivers still write
+(:func:`spark_recover.sinks.redirected_table`), so the drivers still write
 through the catalog. Each trial registers it on a copy of the real table's
 files (or leaves it absent, as the real one was); the rows and the history are
 read from where the catalog says its files are; the scratch schema is dropped
@@ -49,17 +49,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 from .config import Settings, load_settings
+from .display import seconds_text
 from .errors import RecoverError, RefusedError, StageError, UsageError
 from .failpoints import ENV as FAILPOINT_ENV
 from .job import Job, load_job
 from .ledger import Ledger
 from .history import RunRecord
-from .publication import require_lasting_catalog, resolve_sinks
-from .sinks import commit_tag, fill_predicate, physical_uri
+from .publication import require_lasting_catalog
+from .sinks import commit_tag, fill_predicate, physical_uri, resolve_sinks
 from .storage import Layout, canonical, read_delta, spark_uri
 
-__all__ = ["Trial", "drill", "drill_text", "drill_table", "drill_summary", "clean_timeline", "clean_run_error",
-           "sink_commits", "SECOND_KILL_SHARE"]
+__all__ = ["Trial", "drill", "clean_timeline", "clean_run_error", "sink_commits", "SECOND_KILL_SHARE"]
 
 SECOND_KILL_SHARE = 0.3  # the share of trials whose first recovery is killed too
 _MAX_RECOVERIES = 6
@@ -348,7 +348,7 @@ def drill(job_file: str, params: Mapping[str, str] | None = None, *, kills: int 
     session to keep trials short): it gets the trial's settings (root, sink
     root) and returns the exit code. ``env`` is added to the driver processes'
     environment. Returns the report
-    (see :func:`drill_text`); ``report["ok"]`` is the verdict.
+    (see :func:`~spark_recover.display.drill_text`); ``report["ok"]`` is the verdict.
 
     >>> report = drill("jobs/demo_sales.py", {"data": "demo-data/sources"}, kills=3, seed=7)  # doctest: +SKIP
     >>> report["ok"], report["summary"]["max_recovery_seconds"]   # doctest: +SKIP
@@ -402,9 +402,9 @@ def drill(job_file: str, params: Mapping[str, str] | None = None, *, kills: int 
                 _rollback(area, t, rollback_budget)
                 rollback_budget = rollback_budget or t.rollback_seconds
             trials.append(t)
-            say(f"  trial {number}: kill at {_num(t.kill_at)}s in {t.hit}; {t.resumes} resume(s), "
+            say(f"  trial {number}: kill at {seconds_text(t.kill_at)}s in {t.hit}; {t.resumes} resume(s), "
                 f"{t.recovery_seconds:.1f}s; duplicates {t.duplicates}, missing {t.missing}, extra {t.extra}"
-                + ("; rollback" + (f" killed at {_num(t.rollback_kill_at)}s ({t.rollback_hit})"
+                + ("; rollback" + (f" killed at {seconds_text(t.rollback_kill_at)}s ({t.rollback_hit})"
                                     if t.rollback_kill_at is not None else "") +
                    f", {t.rollback_attempts} attempt(s), {t.rollback_wrong_rows} row(s) off the recovery point"
                    if t.rollback_attempts else "")
@@ -498,10 +498,6 @@ def _random_seed() -> int:
     import secrets
 
     return secrets.randbelow(2**31)
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
 
 
 def _elsewhere(moved: bool) -> Any:
@@ -599,65 +595,3 @@ def _rollback(area: Scratch, trial: Trial, budget: float | None) -> None:
     wrong = sorted(t for t, e in area.exists().items() if e != exists[t])
     if wrong:
         trial.error = f"after the rollback, table(s) {wrong} exist where the recovery point had them absent, or back"
-
-
-def drill_table(report: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    """The drill's trials as a table: header and rows (the text and the HTML page show the same)."""
-    rows = [[t["number"], t["seed"], _num(t["kill_at"]), t["hit"], t["resumes"], t["recovery_seconds"],
-             t["recovery_ratio"], t["duplicates"], t["missing"], t["extra"],
-             " ".join(str(n) for n in t["commits"].values()) or "-",
-             "ok" if not (t["error"] or t["duplicates"] or t["missing"] or t["extra"] or t["retry_wrote"]
-                          or t["commit_problems"])
-             else t["error"] or "; ".join(t["commit_problems"]) or "FAILED"] for t in report["trials"]]
-    rollbacks = "rollbacks" in report["summary"]
-    if rollbacks:
-        for row, t in zip(rows, report["trials"]):
-            row[-1:-1] = ["-" if t["rollback_kill_at"] is None else
-                          f"{_num(t['rollback_kill_at'])}s, {t['rollback_hit']}",
-                          t["rollback_attempts"], t["rollback_wrong_rows"]]
-    header = (["trial", "seed", "kill at (s)", "hit", "resumes", "recovery (s)", "R", "duplicated", "missing",
-               "extra", "commits"] + (["rollback killed", "rollback attempts", "rows off the point"]
-                                      if rollbacks else []) + ["outcome"])
-    return header, rows
-
-
-def drill_summary(report: Mapping[str, Any]) -> list[str]:
-    """The drill's figures, a line each: kills, rows off, sink commits, RTO, rollbacks, RPO."""
-    s = report["summary"]
-    lines = []
-    if report["trials"]:
-        lines += [
-            f"trials {s['trials']}, kills {s['kills']} (+{s['second_kills']} during a recovery), resumes {s['resumes']}",
-            f"rows duplicated {s['duplicated_rows']}, missing {s['missing_rows']}, extra {s['extra_rows']}",
-            f"sink data commits {s['sink_commits']} ({len(report['sinks_redirected'])} sink(s) x {s['trials']} logical "
-            f"run(s), each must be 1): {s['sink_commit_faults']} off; {s['moved_recoveries']} recovery process(es) "
-            "ran from another working directory",
-            f"recovery time (RTO): median {s['median_recovery_seconds']:.1f}s, max {s['max_recovery_seconds']:.1f}s "
-            f"(clean run {report['clean_seconds']:.1f}s)",
-        ]
-    if "rollbacks" in s:
-        lines.append(f"rollbacks {s['rollbacks']} ({s['rollback_kills']} killed midway and finished by a rerun): "
-                     f"{s['rollback_wrong_rows']} row(s) off the recovery point; median {s['median_rollback_seconds']:.1f}s, "
-                     f"max {s['max_rollback_seconds']:.1f}s")
-    lines.append(f"worst-case recompute after a kill (RPO): {s['rpo_seconds']:.1f}s of compute (stage {s['rpo_stage']})")
-    return lines
-
-
-def drill_text(report: Mapping[str, Any]) -> str:
-    """The drill report as the terminal shows it."""
-    from .display import table
-
-    lines = [
-        f"drill of job {report['job']} (seed {report['seed']}): sinks redirected under {report['drill_root']}/sinks,"
-        " your tables were not touched",
-    ]
-    if report["trials"]:
-        lines += ["", table(*drill_table(report)), ""]
-    lines += drill_summary(report)
-    if report.get("damage"):
-        lines += ["", "damaged state:", table(
-            ["case", "damage", "then", "outcome", "exit", "said"],
-            [[c["name"], c["damage"], c["operation"], c["outcome"] if c["ok"] else f"FAILED: {c['error']}",
-              "-" if c["exit_code"] is None else c["exit_code"], c["said"]] for c in report["damage"]]), ""]
-    lines.append(report["verdict"])
-    return "\n".join(lines)

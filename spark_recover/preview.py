@@ -177,7 +177,7 @@ def preview(job: Job, params: Mapping[str, Any] | None = None, *, resume: bool =
         refusal = plain_rerun_refusal(ledger.runs(job.name, params_key=key), key, job.file)
         if refusal is not None:
             out.refusals.append(_refusal(refusal, "rerun"))
-    targets = publication.resolve_sinks(job, run_params, layout, settings.sink_root,
+    targets = sinks.resolve_sinks(job, run_params, layout, settings.sink_root,
                                         created=publication.created_tables(lineage))
     if not (settings.remote or os.environ.get("SPARK_REMOTE")):  # the run would build its session: refused (2)
         publication.require_lasting_catalog([t.table for t in targets if t.target.catalog], settings.spark)
@@ -256,7 +256,7 @@ def _stage(plan: StagePlan, params: Mapping[str, Any], layout: Layout) -> dict[s
     return entry
 
 
-def _sinks(out: Preview, ledger: Ledger, job: Job, key: str, targets: list[publication.SinkTarget],
+def _sinks(out: Preview, ledger: Ledger, job: Job, key: str, targets: list[sinks.SinkTarget],
            plans: list[StagePlan], lineage: list[RunRecord]) -> list[dict[str, Any]]:
     """Each sink's decision, by :func:`spark_recover.publication.decide` as the run takes it."""
     by_stage = {p.name: p for p in plans}

@@ -24,34 +24,14 @@ from .config import Settings, load_settings
 from .ledger import Ledger
 from .history import RunRecord
 from .sinks import isolated_session
-from .storage import Layout, Storage, canonical, native_uri, spark_uri
+from .storage import Layout, Storage, canonical, interval_days, native_uri, spark_uri
 
-__all__ = ["gc", "interval_days", "RECOVERY_WINDOW_DAYS"]
+__all__ = ["gc", "RECOVERY_WINDOW_DAYS"]
 
 RECOVERY_WINDOW_DAYS = 7.0  # gc's default keep-days: how long a run stays resumable
 _PROGRESS_EVERY = 1000  # checkpoint tables between two progress lines
 
 _DEFAULTS_DAYS = {"delta.deletedFileRetentionDuration": 7.0, "delta.logRetentionDuration": 30.0}
-_UNIT_DAYS = {"microsecond": 1 / 86_400_000_000, "millisecond": 1 / 86_400_000, "second": 1 / 86_400,
-              "minute": 1 / 1440, "hour": 1 / 24, "day": 1.0, "week": 7.0}
-
-
-def interval_days(text: str) -> float:
-    """A Delta retention interval in days (``interval 2 weeks 3 days``, ``30 minutes``...).
-
-    >>> interval_days("interval 1 week"), interval_days("interval 36 hours"), round(interval_days("30 minutes") * 1440, 6)
-    (7.0, 1.5, 30.0)
-    """
-    words = text.lower().replace("interval", " ").split()
-    if not words or len(words) % 2:
-        raise ValueError(f"not a Delta interval: {text!r}")
-    total = 0.0
-    for number, unit in zip(words[::2], words[1::2]):
-        base = unit.rstrip("s") if unit.rstrip("s") in _UNIT_DAYS else unit
-        if base not in _UNIT_DAYS:
-            raise ValueError(f"unknown unit {unit!r} in Delta interval {text!r}")
-        total += float(number) * _UNIT_DAYS[base]
-    return total
 
 
 def _needed_runs(runs: list[RunRecord], keep_days: float, now: dt.datetime) -> list[RunRecord]:

@@ -35,7 +35,7 @@ from .ledger import Ledger
 from .lease import Heartbeat
 from .liveness import this_process
 from .plan import StagePlan, chunk_fingerprint, plan_run, reusable_chunk
-from .publication import SinkTarget
+from .sinks import SinkTarget
 from .display import params_text, run_text
 from .storage import Layout, canonical, is_local
 
@@ -183,7 +183,7 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
         refusal = plain_rerun_refusal(ctx.ledger.runs(job.name, params_key=ctx.params_key), ctx.params_key, job.file)
         if refusal is not None:
             raise refusal
-    targets = publication.resolve_sinks(job, ctx.params, ctx.layout, ctx.settings.sink_root,
+    targets = sinks.resolve_sinks(job, ctx.params, ctx.layout, ctx.settings.sink_root,
                                         created=publication.created_tables(lineage))
     if spark is None and (session.attached() or ctx.settings.remote):
         spark = session.get_spark(ctx.settings)  # spark-submit made it, or a Connect server: cheap, says where we run

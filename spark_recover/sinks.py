@@ -21,15 +21,18 @@ import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Mapping, Sequence
 
+from . import publication
 from .errors import SessionError, UsageError
-from .storage import Target, native_uri, spark_uri
+from .fingerprint import digest
+from .job import Job, Sink
+from .storage import Layout, Target, canonical, native_uri, spark_uri
 
 if TYPE_CHECKING:  # pragma: no cover
     from .history import RunRecord
-    from .publication import SinkTarget
 
-__all__ = ["fill_predicate", "placeholders", "TableState", "table_state", "physical_uri", "publish",
-           "isolated_session", "txn_retention_warnings", "commit_tag"]
+__all__ = ["SinkTarget", "resolve_sinks", "redirected", "scratch_schema", "redirected_table", "fill_predicate",
+           "placeholders", "TableState", "table_state", "physical_uri", "publish", "isolated_session",
+           "txn_retention_warnings", "commit_tag"]
 
 _TXN_CONFS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion",
               "spark.databricks.delta.commitInfo.userMetadata")
@@ -81,6 +84,99 @@ def fill_predicate(template: str, params: Mapping[str, Any]) -> str:
         pos = match.end()
     out.append(template[pos:])
     return "".join(out)
+
+
+@dataclass(frozen=True)
+class SinkTarget:
+    """A sink with its location and predicate filled from the run's parameters."""
+
+    sink: Sink
+    target: Target
+    predicate: str | None
+
+    @property
+    def table(self) -> str:
+        return self.target.location
+
+
+def redirected(sink_root: str, location: str) -> str:
+    """Where a drill writes the sink table at ``location``: a folder of its own under ``sink_root``.
+
+    >>> redirected("/tmp/drill/sinks", "/w/daily")
+    '/tmp/drill/sinks/daily-bdc583d9'
+    """
+    name = canonical(location).rstrip("/").rsplit("/", 1)[-1]
+    return f"{sink_root.rstrip('/')}/{name}-{digest(canonical(location), 8)}"
+
+
+def scratch_schema(sink_root: str) -> str:
+    """The catalog schema a drill writing under ``sink_root`` redirects its catalog sinks to.
+
+    A pure function of the sink root, so the drill and its driver processes (which get
+    the sink root through ``$SPARK_RECOVER_SINK_ROOT``) name the same schema.
+
+    >>> scratch_schema("/tmp/drill/sinks") == scratch_schema("file:///tmp/drill/sinks/")
+    True
+    >>> scratch_schema("/tmp/drill/sinks").startswith("spark_recover_drill_")
+    True
+    """
+    return f"spark_recover_drill_{digest(canonical(sink_root), 12)}"
+
+
+def redirected_table(sink_root: str, name: str) -> str:
+    """Where a drill writes the catalog table ``name`` (``[catalog.]schema.table``): a table of its
+    own in the drill's scratch schema, in the same catalog (so it is written the same way).
+
+    The table's name keeps the original's (readable in the drill's report) and a digest of the
+    whole name (two schemas' ``daily`` stay apart). Spark's names ignore case.
+
+    >>> redirected_table("/tmp/drill/sinks", "sales.Daily")
+    'spark_recover_drill_74e36dbfdb13.daily_ff9c10e3'
+    >>> redirected_table("/tmp/drill/sinks", "main.sales.daily")
+    'main.spark_recover_drill_74e36dbfdb13.daily_866f5000'
+    >>> redirected_table("/tmp/drill/sinks", "daily").count(".")
+    1
+    """
+    parts = [p.strip("`") for p in name.split(".")]
+    table = re.sub(r"\W", "_", parts[-1].lower())
+    return ".".join([*parts[:-2], scratch_schema(sink_root), f"{table}_{digest(name.lower(), 8)}"])
+
+
+def resolve_sinks(job: Job, params: Mapping[str, Any], layout: Layout, sink_root: str | None = None,
+                  created: Collection[str] = ()) -> list[SinkTarget]:
+    """Fill and check every sink before a run starts (:class:`UsageError`, exit 2, on a problem).
+
+    A missing ``{param}`` in a path or predicate, or a path that holds files
+    which are not a Delta table's (a plain parquet dataset), stops the run before
+    it writes anything: a rollback could not tell those files from the table's.
+    ``created`` are the tables (canonical) a replayed logical run found absent:
+    what its killed writer left there is its own. With ``sink_root`` (a drill),
+    path sinks are written under it instead, and catalog sinks to tables of the
+    drill's scratch schema (:func:`redirected_table`).
+    """
+    out = []
+    for sink in job.sinks:
+        location = sink.location(params)
+        if sink_root is not None:
+            location = (redirected_table if sink.table is not None else redirected)(sink_root, location)
+        target = layout.target(location, catalog=sink.table is not None)
+        predicate = fill_predicate(sink.predicate, params) if sink.predicate else None
+        if not target.catalog and canonical(target.location) not in created:
+            _check_sink_folder(sink.stage, target)
+        out.append(SinkTarget(sink, target, predicate))
+    return out
+
+
+def _check_sink_folder(stage: str, target: Target) -> None:
+    """Refuse a sink folder holding files that are not a Delta table's (naming a few, and how many)."""
+    strangers = target.strangers(target.location)
+    if strangers:
+        raise UsageError(f"sink of stage {stage!r} points at a folder that is not a Delta table",
+                         f"expected a Delta table, an empty folder or nothing at {target.location}, found "
+                         f"{len(strangers)} file{'s that are' if len(strangers) > 1 else ' that is'} not a "
+                         f"Delta table's ({', '.join(strangers[:5])}{', ...' if len(strangers) > 5 else ''}); "
+                         "choose another path, or convert it to Delta first", table=target.location,
+                         files=strangers[:20], count=len(strangers))
 
 
 @dataclass(frozen=True)
@@ -150,8 +246,6 @@ def txn_retention_warnings(spark, targets: Sequence[SinkTarget], lineage: Sequen
     The write's time is its commit's in the table's history, else (never committed, or that
     history cleaned up) the start of the run that planned it, the earliest it can have been.
     """
-    from . import publication
-
     now = now or dt.datetime.now(dt.timezone.utc)
     out = []
     for st in targets:

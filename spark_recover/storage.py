@@ -22,8 +22,8 @@ from typing import Mapping
 
 from .errors import UsageError
 
-__all__ = ["Layout", "Target", "Storage", "spark_uri", "native_uri", "canonical", "is_local", "is_s3", "anchored",
-           "filesystem", "open_delta", "read_delta", "delete_tree", "hadoop_confs", "with_s3_defaults",
+__all__ = ["Layout", "Target", "Storage", "spark_uri", "native_uri", "canonical", "interval_days", "is_local", "is_s3",
+           "anchored", "filesystem", "open_delta", "read_delta", "delete_tree", "hadoop_confs", "with_s3_defaults",
            "require_conditional_put"]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
@@ -450,3 +450,25 @@ def _race_to_create(uri: str, storage_options: Mapping[str, str] | None) -> tupl
     for w in writers:
         w.join()
     return outcomes.count("created"), "refused" in outcomes
+
+
+_UNIT_DAYS = {"microsecond": 1 / 86_400_000_000, "millisecond": 1 / 86_400_000, "second": 1 / 86_400,
+              "minute": 1 / 1440, "hour": 1 / 24, "day": 1.0, "week": 7.0}
+
+
+def interval_days(text: str) -> float:
+    """A Delta retention interval in days (``interval 2 weeks 3 days``, ``30 minutes``...).
+
+    >>> interval_days("interval 1 week"), interval_days("interval 36 hours"), round(interval_days("30 minutes") * 1440, 6)
+    (7.0, 1.5, 30.0)
+    """
+    words = text.lower().replace("interval", " ").split()
+    if not words or len(words) % 2:
+        raise ValueError(f"not a Delta interval: {text!r}")
+    total = 0.0
+    for number, unit in zip(words[::2], words[1::2]):
+        base = unit.rstrip("s") if unit.rstrip("s") in _UNIT_DAYS else unit
+        if base not in _UNIT_DAYS:
+            raise ValueError(f"unknown unit {unit!r} in Delta interval {text!r}")
+        total += float(number) * _UNIT_DAYS[base]
+    return total

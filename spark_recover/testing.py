@@ -349,7 +349,8 @@ def assert_recovers(job_file: str, params: Mapping[str, str] | None = None, *, k
     >>> assert_recovers("jobs/my_job.py", {"day": "2026-11-23"}, kills=3, seed=1)   # doctest: +SKIP
     """
     from .config import load_settings
-    from .drill import drill, drill_text
+    from .display import drill_text
+    from .drill import drill
     from .errors import RecoverError
     from .job import load_job
     from .runner import replay_choice, run_job

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from .config import Settings, load_settings
-from .display import cell, params_text, status_text, table
+from .display import cell, drill_summary, drill_table, params_text, status_text, table
 from .history import RunRecord, iso
 from .ledger import Ledger
 from .storage import Layout
@@ -228,8 +228,6 @@ def drill_html(report: Mapping[str, Any]) -> str:
     """A drill's report (:func:`spark_recover.drill.drill`) as one self-contained page: the clean run's
     stages on the time axis of its driver process, each trial's kill on that axis (a red mark; its title
     says what was hit and how the recovery went), the trials' table, the figures and the verdict."""
-    from .drill import drill_summary, drill_table
-
     timeline, trials = report.get("clean_timeline") or [], report["trials"]
     span = max([report["clean_seconds"], 1e-3] + [t["kill_at"] for t in trials if t["kill_at"] is not None])
     clean, cursor = "", 0.0

@@ -33,7 +33,7 @@ def main() -> int:
     from conftest import SINK_JOB, make_sources
 
     from spark_recover.config import Settings
-    from spark_recover.drill import drill_text
+    from spark_recover.display import drill_text
     from spark_recover.session import get_spark
     from spark_recover.testing import TEST_SPARK_CONFS, job_env
 

@@ -9,9 +9,8 @@ import pytest
 
 from spark_recover.errors import UsageError
 from spark_recover.job import load_job
-from spark_recover.publication import redirected, redirected_table, require_lasting_catalog, resolve_sinks, \
-    scratch_schema
-from spark_recover.sinks import commit_tag
+from spark_recover.publication import require_lasting_catalog
+from spark_recover.sinks import commit_tag, redirected, redirected_table, resolve_sinks, scratch_schema
 from spark_recover.storage import Layout, native_uri
 from spark_recover.testing import CHILD_JAVA_OPTIONS, TEST_SPARK_CONFS, run_args, run_cli, runs_of
 

@@ -9,7 +9,8 @@ import deltalake
 import pytest
 
 from spark_recover.config import load_settings
-from spark_recover.drill import drill, drill_text, sink_commits
+from spark_recover.display import drill_text
+from spark_recover.drill import drill, sink_commits
 from spark_recover.timeline import drill_html
 from spark_recover.history import RunRecord
 from spark_recover.job import load_job

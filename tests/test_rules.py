@@ -21,8 +21,7 @@ from spark_recover.ledger import Ledger
 from spark_recover.liveness import this_process
 from spark_recover.publication import Prior, decide, priors, recovery_point
 from spark_recover.display import runs_text
-from spark_recover.retention import interval_days
-from spark_recover.storage import Layout, canonical
+from spark_recover.storage import Layout, canonical, interval_days
 
 # -- the publication rule ----------------------------------------------------
 
