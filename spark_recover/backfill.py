@@ -28,7 +28,7 @@ from typing import Any, Mapping, Sequence
 
 from .config import Settings, load_settings
 from .errors import RecoverError, RefusedError, UsageError
-from .job import Job
+from .job import Job, Sink
 from .ledger import Ledger
 from .rerun import check_params, params_key
 from .sinks import placeholders
@@ -212,6 +212,29 @@ def _value_text(value: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in value.items())
 
 
+def overwritten_by_every_value(job: Job, swept: Sequence[str]) -> list[Sink]:
+    """The sinks every value overwrites whole, or the same slice of: run at once, the last to commit wins.
+
+    An ``overwrite`` sink, or a ``replace_where`` one whose predicate names no
+    swept parameter, at a path or table that names none either.
+
+    >>> job = Job("j")
+    >>> @job.stage
+    ... def s(): ...
+    >>> _ = job.sink("s", path="/w/all", mode="overwrite"), job.sink("s", path="/w/{day}", mode="overwrite")
+    >>> [s.path for s in overwritten_by_every_value(job, ["day"])]
+    ['/w/all']
+    """
+    out = []
+    for sink in job.sinks:
+        if placeholders(sink.table or sink.path or "") & set(swept):
+            continue  # a table per value
+        if sink.mode == "overwrite" or (sink.mode == "replace_where"
+                                        and not placeholders(sink.predicate or "") & set(swept)):
+            out.append(sink)
+    return out
+
+
 def _prepare(job: Job, params: Mapping[str, Any], settings: Settings) -> tuple[list[str], list[dict[str, Any]]]:
     """Every value, checked before anything runs: ranges, names, each value's sources and sinks."""
     from .sinks import resolve_sinks
@@ -231,9 +254,11 @@ def backfill(job: Job, params: Mapping[str, Any], *, parallel: int = 1, root: st
     """Run ``job`` once per value of the swept parameters, as ``run --resume`` would each.
 
     Values that succeeded before are skipped, failed ones resumed. ``parallel``
-    values run at once, in threads sharing one Spark session (sinks shared by
-    several values must then take concurrent writes: Delta refuses conflicting
-    ones, and that value fails, to be resumed by the next backfill).
+    values run at once, in threads sharing one Spark session. A table several
+    values write then takes concurrent commits: a write Delta refuses because
+    another came first is written again (:func:`spark_recover.sinks.publish`); a
+    sink every value overwrites whole is refused (exit 2), since it would end
+    with whichever value commits last.
 
     >>> job.backfill({"day": "2026-11-01..2026-11-30", "out": "/w"}, parallel=2)   # doctest: +SKIP
     """
@@ -244,6 +269,14 @@ def backfill(job: Job, params: Mapping[str, Any], *, parallel: int = 1, root: st
         raise UsageError(f"bad --parallel {parallel!r}", "expected a number of values to run at once, >= 1")
     settings = settings or load_settings(root=root, project=job.project)
     swept, values = _prepare(job, params, settings)
+    shared = overwritten_by_every_value(job, swept) if parallel > 1 else []
+    if shared:
+        names = ", ".join(f"{s.table or s.path} ({s.mode}, stage {s.stage!r})" for s in shared)
+        raise UsageError(f"--parallel {parallel}: every value overwrites sink {names}",
+                         "expected each value to write a table or slice of its own when values run at once "
+                         f"(its {' or '.join(swept)} in the path, or in the replace_where predicate): the table "
+                         "would end with whichever value commits last. Run without --parallel (values commit in "
+                         "order, the last value's data stays)", sinks=[s.table or s.path for s in shared])
     ledger = Ledger(Layout.at(settings.root, settings.storage_options), settings.dead_after_seconds)
     if spark is None:
         if not (session.attached() or settings.remote):

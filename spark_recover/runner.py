@@ -473,7 +473,8 @@ def _publish(ctx: RunContext, spark, targets: list[SinkTarget], lineage: list[Ru
 
             written = sinks.publish(spark, st, read, decision.app, decision.txn_version,
                                     {"run_id": ctx.run_id, "sink": st.table},
-                                    merge_session=planned.get("merge_session"))
+                                    merge_session=planned.get("merge_session"),
+                                    on_conflict=lambda said: ctx.say(f"  sink {st.table}: {said}"))
         except Exception as exc:
             message = _first_line(exc)
             error = f"sink of stage {st.sink.stage!r} to {st.table} failed: {type(exc).__name__}: {message}"

@@ -16,7 +16,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import random
 import re
+import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Collection, Iterator, Mapping, Sequence
@@ -32,11 +34,17 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["SinkTarget", "resolve_sinks", "redirected", "scratch_schema", "redirected_table", "fill_predicate",
            "placeholders", "TableState", "table_state", "physical_uri", "publish", "isolated_session",
-           "txn_retention_warnings", "commit_tag"]
+           "txn_retention_warnings", "commit_tag", "write_conflict", "CONFLICT_ATTEMPTS"]
 
 _TXN_CONFS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion",
               "spark.databricks.delta.commitInfo.userMetadata")
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
+# Delta's optimistic-concurrency refusals (class names, and error classes since Delta 3), and two writers
+# creating one catalog table: another commit came first, nothing of this write was committed.
+_CONFLICT = re.compile(r"Concurrent\w*Exception|MetadataChangedException|ProtocolChangedException|"
+                       r"DELTA_CONCURRENT_\w+|DELTA_METADATA_CHANGED|DELTA_PROTOCOL_CHANGED|"
+                       r"TableAlreadyExistsException|TABLE_OR_VIEW_ALREADY_EXISTS")
+CONFLICT_ATTEMPTS = 6  # a write and its retries when other writers commit to the table first
 
 
 def _literal_body(value: Any) -> str:
@@ -263,15 +271,53 @@ def txn_retention_warnings(spark, targets: Sequence[SinkTarget], lineage: Sequen
 
 
 def publish(spark, sink: SinkTarget, read: Callable[[Any], Any], app: str, txn_version: int,
-            metadata: Mapping[str, Any], merge_session: str | None = None) -> dict[str, Any]:
+            metadata: Mapping[str, Any], merge_session: str | None = None,
+            on_conflict: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Write ``read(session)`` to the sink unless Delta already holds ``txn_version`` for ``app``.
 
     ``merge_session`` (Spark Connect): the id of the server session a MERGE, or the creation of a
     catalog table, runs in.
+    When another writer commits to the table first (Delta's optimistic
+    concurrency: values of a parallel backfill sharing a table), the write is
+    tried again, up to :data:`CONFLICT_ATTEMPTS` times, ``on_conflict`` told
+    each time: safe, since each attempt first asks Delta whether ``txn_version``
+    is committed. (Not with ``merge_session``: a server session id is used once.)
     Returns ``version_before``, ``version_after`` and ``skipped_duplicate``.
     """
+    for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        try:
+            return _publish_once(spark, sink, read, app, txn_version, json.dumps(dict(metadata), sort_keys=True),
+                                 merge_session)
+        except Exception as exc:
+            if merge_session is not None or attempt == CONFLICT_ATTEMPTS or not write_conflict(exc):
+                raise
+            pause = min(8.0, 0.5 * 2 ** (attempt - 1)) * (0.5 + random.random())  # spread the retries apart
+            if on_conflict is not None:
+                on_conflict(f"another writer committed to {sink.table} first ({_conflict_name(exc)}); "
+                            f"writing again in {pause:.1f}s (attempt {attempt + 1} of {CONFLICT_ATTEMPTS})")
+            time.sleep(pause)
+    raise AssertionError("unreachable")  # the last attempt returns or raises
+
+
+def write_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` is Delta refusing a commit because another writer committed first (safe to write again).
+
+    >>> write_conflict(RuntimeError("[DELTA_CONCURRENT_APPEND] ConcurrentAppendException: Files were added"))
+    True
+    >>> write_conflict(RuntimeError("[DELTA_MERGE_MISSING_WHEN] ..."))
+    False
+    """
+    return _conflict_name(exc) is not None
+
+
+def _conflict_name(exc: BaseException) -> str | None:
+    found = _CONFLICT.search(f"{type(exc).__name__}: {exc}")
+    return found.group(0) if found else None
+
+
+def _publish_once(spark, sink: SinkTarget, read: Callable[[Any], Any], app: str, txn_version: int, tag: str,
+                  merge_session: str | None) -> dict[str, Any]:
     target, mode = sink.target, sink.sink.mode
-    tag = json.dumps(dict(metadata), sort_keys=True)
     before = table_state(spark, target, app)
     done = {"table": target.location, "mode": mode, "txn_app_id": app, "txn_version": txn_version,
             "version_before": before.version}

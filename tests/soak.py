@@ -8,12 +8,17 @@ Generates the test job's sources (the same 20,000 events as the suite), then
 runs ``spark-recover drill tests/jobs/sink_job.py --kills N --seed S --json``
 as a process of its own, with the suite's small Spark confs for every driver.
 Prints the drill's text report and keeps the JSON in ``bench/results/soak.json``.
-Exit code: the drill's (0 only if no row was lost, duplicated or extra).
+Then checks what the drill's verdict does not: the user's own tables were never
+written, and the drill's page (``--html``) shows the clean run's four stages in
+order on the driver's time axis, a kill mark per kill and every trial ok.
+Exit code: the drill's (0 only if no row was lost, duplicated or extra), else 1
+if a check above failed.
 """
 
 from __future__ import annotations
 
 import argparse
+import html.parser
 import json
 import subprocess
 import sys
@@ -47,9 +52,10 @@ def main() -> int:
     own = {"data": str(work / "sources"), "out": str(work / "out"), "day": "3"}
     assert load_job(SINK_JOB).run(own, root=str(work / "own-root"), spark=spark, echo=False).ok
     spark.stop()
+    versions = _versions(work / "out")
     command = [sys.executable, "-m", "spark_recover", "drill", SINK_JOB, "-p", f"data={work / 'sources'}",
                "-p", f"out={work / 'out'}", "-p", "day=3", "--kills", str(args.kills), "--seed", str(args.seed), "--with-rollback",
-               "--root", str(work / "root"), "--json"]
+               "--root", str(work / "root"), "--html", str(work / "drill.html"), "--json"]
     started = time.monotonic()
     proc = subprocess.run(command, capture_output=True, text=True, env=job_env())
     seconds = time.monotonic() - started
@@ -66,7 +72,48 @@ def main() -> int:
     out = HERE.parent / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     (out / "soak.json").write_text(json.dumps(report, indent=2))
-    return proc.returncode
+    problems = ([] if _versions(work / "out") == versions else ["the drill wrote the user's own tables"]) \
+        + _page_problems(report, (work / "drill.html").read_text())
+    for problem in problems:
+        print(f"soak: FAILED: {problem}", file=sys.stderr)
+    return proc.returncode or (1 if problems else 0)
+
+
+def _versions(out: Path) -> dict[str, int]:
+    import deltalake
+    from conftest import TABLES
+
+    return {t: deltalake.DeltaTable(str(out / t)).version() for t in TABLES}
+
+
+class _Elements(html.parser.HTMLParser):
+    """Every element's attributes, in document order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.found: list[dict[str, str]] = []
+
+    def handle_starttag(self, tag, attrs) -> None:
+        self.found.append(dict(attrs))
+
+
+def _page_problems(report: dict, text: str) -> list[str]:
+    """What is wrong with the drill's page: its stage bars, kill marks and trials against the report."""
+    page = _Elements()
+    page.feed(text)
+    stages = [e["data-stage"] for e in page.found if e.get("class") == "bar"]
+    kills = [float(e["data-kill"]) for e in page.found if e.get("class") == "kill"]
+    oks = [e["data-ok"] for e in page.found if "data-trial" in e]
+    timeline = report["clean_timeline"]
+    checks = {
+        f"stage bars {stages}": stages == ["daily", "day_slice", "store_totals", "region_totals"],
+        "kill marks differ from the trials' kills": kills == [t["kill_at"] for t in report["trials"]
+                                                              if t["kill_at"] is not None],
+        f"trials marked {oks}": oks == ["true"] * len(report["trials"]),
+        "the clean run's stages overlap or start at 0 (the JVM's start-up comes first)": timeline[0]["start"] > 0
+        and all(a["start"] + a["seconds"] <= b["start"] + 1e-3 for a, b in zip(timeline, timeline[1:])),
+    }
+    return [f"drill page: {said}" for said, ok in checks.items() if not ok]
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import deltalake
 import pytest
+from pyspark.sql import functions as F
 
 from spark_recover.backfill import expand, expand_value
 from spark_recover.drill import sink_commits
@@ -120,37 +121,60 @@ def test_a_killed_backfill_run_again_completes_each_value_exactly_once(spark, so
         assert_same_rows(spark, spark.read.format("delta").load(str(out / table)), reference)
 
 
-PER_VALUE_JOB = '''
+SHARED_JOB = '''
 from pyspark.sql import functions as F
 from spark_recover import Job
 
-job = Job("per_value")
+job = Job("shared_tables")
 events = job.source("events", path="{data}/events")
 
 
 @job.stage
 def sliced(events, params):
-    return events.where(F.col("day") == params["day"]).groupBy("store_id").agg(F.sum("qty").alias("qty"))
+    return events.where(F.col("day") == params["day"]).groupBy("day", "store_id").agg(F.sum("qty").alias("qty"))
 
 
-job.sink("sliced", path="{out}/day={day}", mode="overwrite")
+# Tables every value writes, created by whichever value commits first.
+job.sink("sliced", path="{out}/log", mode="append")
+job.sink("sliced", path="{out}/by_day", mode="replace_where", predicate="day = '{day}'")
+job.sink("sliced", path="{out}/merged", mode="merge", keys=["day", "store_id"])
 '''
+SHARED = ["log", "by_day", "merged"]
 
 
-def test_a_parallel_backfill_runs_each_value_once_then_skips_them_all(spark, source_data, tmp_path):
-    path = tmp_path / "per_value.py"
-    path.write_text(PER_VALUE_JOB)
-    job, root = load_job(str(path)), str(tmp_path / "root")
-    params = {"data": str(source_data), "out": str(tmp_path / "out"), "day": "0..5"}
+def test_a_parallel_backfill_into_shared_tables_commits_each_value_once(spark, source_data, tmp_path):
+    """Three values at a time write three tables none of them has created yet: Delta refuses the commits
+    that lose a race, and those are written again, so each value's logical run commits each table once."""
+    path = tmp_path / "shared.py"
+    path.write_text(SHARED_JOB)
+    job, root, out = load_job(str(path)), str(tmp_path / "root"), tmp_path / "out"
+    params = {"data": str(source_data), "out": str(out), "day": "0..5"}
     first = job.backfill(params, parallel=3, root=root, spark=spark, echo=False)
     assert [o.status for o in first.outcomes] == ["succeeded"] * 6 and first.exit_code == 0, first
     assert [o.value for o in first.outcomes] == [{"day": str(d)} for d in range(6)]  # value order, not end order
-    for day in range(6):
-        rows = spark.read.format("delta").load(str(tmp_path / "out" / f"day={day}")).collect()
-        want = spark.read.format("delta").load(str(source_data / "events")).where(f"day = '{day}'") \
-            .groupBy("store_id").sum("qty").collect()
-        assert sorted(map(tuple, rows)) == sorted(map(tuple, want))
+
+    want = spark.read.format("delta").load(str(source_data / "events")).where("day IN ('0','1','2','3','4','5')") \
+        .groupBy("day", "store_id").agg(F.sum("qty").alias("qty")).collect()
+    histories = {str(out / t): deltalake.DeltaTable(str(out / t)).history() for t in SHARED}
+    ledger = Ledger(Layout.at(root))
+    for table in SHARED:
+        assert_same_rows(spark, spark.read.format("delta").load(str(out / table)), want)
+    for o in first.outcomes:
+        counts, problems = sink_commits(histories, ledger.runs("shared_tables", params_key=params_key(o.params)))
+        assert not problems and set(counts.values()) == {1}, (o.value, counts, problems)
+
     again = job.backfill(params, parallel=3, root=root, spark=spark, echo=False)
     assert [o.status for o in again.outcomes] == ["skipped"] * 6
     assert [o.run_id for o in again.outcomes] == [o.run_id for o in first.outcomes]
     assert [r["attempts"] for r in job.backfill_status(params, root=root)] == [1] * 6
+
+
+def test_a_parallel_backfill_of_a_table_every_value_overwrites_exits_2(recover_root, tmp_path):
+    """The four-sink job overwrites region_totals whole for every day: at once, the last commit would win."""
+    out = tmp_path / "out"
+    done = run_cli("backfill", SINK_JOB, "--root", recover_root, "-p", "data=/nowhere", "-p", f"out={out}",
+                   "-p", "day=0..3", "--parallel", "2", env={"JAVA_HOME": "/nonexistent"})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "every value overwrites sink" in done.stderr and "region_totals (overwrite" in done.stderr
+    assert "by_day" not in done.stderr.split("expected")[0]  # replace_where on {day}: a slice per value
+    assert not out.exists() and not (Path(recover_root) / "ledger").exists()
