@@ -8,13 +8,14 @@ events are the template. Each size's ledger holds that many finished runs of
 the job with other parameters, built from the template in bulk (as the
 ledger's own compaction leaves it: rewritten in key order), then 200
 single-event commits (what heartbeats and runs write). Measured, JVM-free, in
-this process (median of 5):
+this process (median of 9):
 
 - run-start bookkeeping: what ``run`` does before its session starts (the
   replay choice, the rerun guard, the lease claim, reading its own record) and
   the lease check before a sink, on a new ``Ledger`` as a new process would;
 - an S3 sink's table lease (who else writes the table, then its commit);
 - ``show`` (one run and its logical run), ``runs`` (the default page), one append;
+- ``spark-recover show RUN`` and ``spark-recover runs`` as commands (a process each, median of 3);
 - the ``_delta_log`` file count;
 - ``gc --dry-run`` over a checkpoint table per stage of each run (up to 10k runs).
 
@@ -106,7 +107,7 @@ def build(root: Path, template: list[dict], runs: int) -> Ledger:
     return ledger
 
 
-def _median(call, times: int = 5) -> float:
+def _median(call, times: int = 9) -> float:
     seconds = []
     for _ in range(times):
         started = time.perf_counter()
@@ -148,6 +149,9 @@ def measure(ledger: Ledger, root: Path, runs: int) -> dict:
         "runs_page_s": _median(lambda: Ledger(Layout.at(str(root))).page(limit=50)),
         "append_s": _median(lambda: ledger.append(shown, "tiny", "heartbeat")),
         "sink_lease_s": _median(lambda: _sink_lease(root, next(counter))),
+        # The commands as a user types them (what the issue measured): a process each, imports included.
+        "show_cli_s": _median(lambda: _cli("show", shown, "--root", str(root)), 3),
+        "runs_cli_s": _median(lambda: _cli("runs", "--root", str(root)), 3),
     }
     out["delta_log_files"] = len(os.listdir(Path(ledger.uri) / "_delta_log"))
     out["data_files"] = len(ledger.layout.delta(ledger.uri).file_uris())
@@ -179,10 +183,12 @@ def _e2e(work: Path, grown: Path) -> dict:
 
 def markdown(results: dict) -> str:
     lines = ["| runs in the ledger | run-start bookkeeping (s) | `show` (s) | `runs` page (s) | one append (s) "
-             "| S3 sink lease (s) | `_delta_log` files | data files |", "|---|---|---|---|---|---|---|---|"]
+             "| S3 sink lease (s) | command `show` (s) | command `runs` (s) | `_delta_log` files | data files |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for size, r in results["sizes"].items():
         lines.append(f"| {int(size):,} | {r['run_start_s']:.3f} | {r['show_s']:.3f} | {r['runs_page_s']:.3f} "
-                     f"| {r['append_s']:.3f} | {r['sink_lease_s']:.3f} | {r['delta_log_files']} | {r['data_files']} |")
+                     f"| {r['append_s']:.3f} | {r['sink_lease_s']:.3f} | {r['show_cli_s']:.2f} | {r['runs_cli_s']:.2f} "
+                     f"| {r['delta_log_files']} | {r['data_files']} |")
     gcs = {size: r for size, r in results["sizes"].items() if "gc_dry_run_s" in r}
     if gcs:
         lines += ["", "`gc --dry-run` over a checkpoint table per stage of every run: " + "; ".join(
@@ -194,7 +200,8 @@ def markdown(results: dict) -> str:
                   f"{this['run_start_s'] / first['run_start_s']:.2f}x, show {this['show_s'] / first['show_s']:.2f}x, "
                   f"append {this['append_s'] / first['append_s']:.2f}x, runs page "
                   f"{this['runs_page_s'] / first['runs_page_s']:.2f}x, S3 sink lease "
-                  f"{this['sink_lease_s'] / first['sink_lease_s']:.2f}x."]
+                  f"{this['sink_lease_s'] / first['sink_lease_s']:.2f}x; the commands: show "
+                  f"{this['show_cli_s'] / first['show_cli_s']:.2f}x, runs {this['runs_cli_s'] / first['runs_cli_s']:.2f}x."]
     if "e2e" in results:
         e = results["e2e"]
         lines += ["", f"End to end, the tiny job's `spark-recover run` (median of 3, interleaved): {e['fresh']} s on a "
@@ -216,7 +223,7 @@ def chart(results: dict) -> None:
         ax.plot(sizes, [r[key] for r in results["sizes"].values()], marker="o", label=label)
     ax.set_xscale("log")
     ax.set_xlabel("runs in the ledger")
-    ax.set_ylabel("seconds (median of 5)")
+    ax.set_ylabel("seconds (median of 9)")
     ax.set_ylim(bottom=0)
     ax.legend()
     ax.set_title("Ledger cost against history")

@@ -344,14 +344,19 @@ class Ledger:
         table = self._open(version)
         if table is None or not _current(table):
             return self._fold(self._rows(table))
-        wanted = set(keys) | self._keys_of(table, run_ids=run_ids, logical_runs=logical_runs)
+        # A run id may be its logical run's first run: one scan finds its key and its logical run's keys.
+        scanned = set(logical_runs) | set(run_ids)
+        wanted = set(keys) | self._keys_of(table, run_ids=run_ids, logical_runs=scanned)
         events = self._by_keys(table, wanted)
         while True:  # a replay with other parameters (an override) belongs to its logical run too
-            more = self._keys_of(table, logical_runs={ev["logical_run_id"] for ev in events}) - wanted
-            if not more:
+            unscanned = {ev["logical_run_id"] for ev in events} - scanned
+            if not unscanned:
                 break
-            wanted |= more
-            events = _in_commit_order(events + self._by_keys(table, more))  # only the keys not read yet
+            scanned |= unscanned  # each logical run's keys are looked up once
+            more = self._keys_of(table, logical_runs=unscanned) - wanted
+            if more:
+                wanted |= more
+                events = _in_commit_order(events + self._by_keys(table, more))  # only the keys not read yet
         return self._fold(events)
 
     def unreadable(self, exc: Exception, headline: str = "could not read the ledger",
