@@ -28,14 +28,14 @@ from typing import Any, Mapping, Sequence
 
 from .config import Settings, load_settings
 from .errors import RecoverError, RefusedError, UsageError
-from .job import Job, Sink
+from .job import Job
 from .ledger import Ledger
 from .rerun import check_params, params_key
-from .sinks import placeholders
-from .storage import Layout
+from .sinks import SinkTarget, placeholders, resolve_sinks
+from .storage import Layout, canonical
 
-__all__ = ["MAX_VALUES", "expand_value", "expand", "known_params", "check_known", "Outcome", "Backfill", "backfill",
-           "backfill_status", "backfill_text", "status_text"]
+__all__ = ["MAX_VALUES", "expand_value", "expand", "known_params", "check_known", "overwritten_together", "Outcome",
+           "Backfill", "backfill", "backfill_status", "backfill_text", "status_text"]
 
 MAX_VALUES = 10_000  # values in one backfill: a typo in a range must not start a million runs
 
@@ -212,40 +212,61 @@ def _value_text(value: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={v}" for k, v in value.items())
 
 
-def overwritten_by_every_value(job: Job, swept: Sequence[str]) -> list[Sink]:
-    """The sinks every value overwrites whole, or the same slice of: run at once, the last to commit wins.
+def overwritten_together(values: Sequence[Mapping[str, Any]],
+                         targets: Sequence[Sequence[SinkTarget]]) -> tuple[SinkTarget, list[Mapping[str, Any]]] | None:
+    """A sink that two values overwrite whole, or the same slice of, and those values (``None``: none).
 
-    An ``overwrite`` sink, or a ``replace_where`` one whose predicate names no
-    swept parameter, at a path or table that names none either.
+    ``targets`` are each value's sinks, filled. Run at once, such a table ends
+    with whichever value commits last. (Overlapping ``replace_where`` slices,
+    ``day <= '{day}'``, are the job's to avoid: they cannot be told from text.)
 
-    >>> job = Job("j")
-    >>> @job.stage
-    ... def s(): ...
-    >>> _ = job.sink("s", path="/w/all", mode="overwrite"), job.sink("s", path="/w/{day}", mode="overwrite")
-    >>> [s.path for s in overwritten_by_every_value(job, ["day"])]
-    ['/w/all']
+    >>> from spark_recover.job import Sink
+    >>> from spark_recover.storage import Target
+    >>> def filled(day):
+    ...     return [SinkTarget(Sink("s", path="/w/all", mode="overwrite"), Target.parse("/w/all"), None),
+    ...             SinkTarget(Sink("s", path="/w", mode="replace_where"), Target.parse("/w/t"), f"day = '{day}'")]
+    >>> shared, by = overwritten_together([{"day": 1}, {"day": 2}], [filled(1), filled(2)])
+    >>> shared.table, by
+    ('/w/all', [{'day': 1}, {'day': 2}])
+    >>> overwritten_together([{"day": 1}], [filled(1)]) is None
+    True
     """
-    out = []
-    for sink in job.sinks:
-        if placeholders(sink.table or sink.path or "") & set(swept):
-            continue  # a table per value
-        if sink.mode == "overwrite" or (sink.mode == "replace_where"
-                                        and not placeholders(sink.predicate or "") & set(swept)):
-            out.append(sink)
-    return out
+    for index in range(len(targets[0]) if targets else 0):
+        seen: dict[tuple[str, str | None], Mapping[str, Any]] = {}
+        for value, filled in zip(values, targets):
+            st = filled[index]
+            if st.sink.mode not in ("overwrite", "replace_where"):
+                break
+            where = (canonical(st.table), st.predicate if st.sink.mode == "replace_where" else None)
+            if where in seen:
+                return st, [seen[where], value]
+            seen[where] = value
+    return None
 
 
-def _prepare(job: Job, params: Mapping[str, Any], settings: Settings) -> tuple[list[str], list[dict[str, Any]]]:
-    """Every value, checked before anything runs: ranges, names, each value's sources and sinks."""
-    from .sinks import resolve_sinks
-
+def _prepare(job: Job, params: Mapping[str, Any], settings: Settings,
+             parallel: int) -> tuple[list[str], list[dict[str, Any]]]:
+    """Every value, checked before anything runs: ranges, names, each value's sources and sinks, and
+    (values at once) no table two values overwrite."""
     swept, values = expand(params)
     check_known(job, values[0])
     layout = Layout.at(settings.root, settings.storage_options)
+    targets = []
     for value in values:
         for source in job.sources:
             source.location(value)
-        resolve_sinks(job, value, layout, settings.sink_root, created=())
+        targets.append(resolve_sinks(job, value, layout, settings.sink_root, created=()))
+    shared = overwritten_together(values, targets) if parallel > 1 else None
+    if shared is not None:
+        st, (one, other) = shared
+        raise UsageError(
+            f"--parallel {parallel}: values {_value_text({k: one[k] for k in swept})} and "
+            f"{_value_text({k: other[k] for k in swept})} both overwrite sink {st.table} "
+            f"({st.sink.mode}{f' where {st.predicate}' if st.predicate else ''}, stage {st.sink.stage!r})",
+            "expected each value to write a table or slice of its own when values run at once (a swept "
+            "parameter in the path, or in the replace_where predicate): the table would end with whichever "
+            "value commits last. Run without --parallel (values commit in order, the last value's data stays)",
+            sink=st.table, values=[one, other])
     return swept, values
 
 
@@ -257,8 +278,8 @@ def backfill(job: Job, params: Mapping[str, Any], *, parallel: int = 1, root: st
     values run at once, in threads sharing one Spark session. A table several
     values write then takes concurrent commits: a write Delta refuses because
     another came first is written again (:func:`spark_recover.sinks.publish`); a
-    sink every value overwrites whole is refused (exit 2), since it would end
-    with whichever value commits last.
+    table two values overwrite whole, or the same slice of, is refused (exit 2),
+    since it would end with whichever value commits last.
 
     >>> job.backfill({"day": "2026-11-01..2026-11-30", "out": "/w"}, parallel=2)   # doctest: +SKIP
     """
@@ -268,15 +289,7 @@ def backfill(job: Job, params: Mapping[str, Any], *, parallel: int = 1, root: st
     if not isinstance(parallel, int) or parallel < 1:
         raise UsageError(f"bad --parallel {parallel!r}", "expected a number of values to run at once, >= 1")
     settings = settings or load_settings(root=root, project=job.project)
-    swept, values = _prepare(job, params, settings)
-    shared = overwritten_by_every_value(job, swept) if parallel > 1 else []
-    if shared:
-        names = ", ".join(f"{s.table or s.path} ({s.mode}, stage {s.stage!r})" for s in shared)
-        raise UsageError(f"--parallel {parallel}: every value overwrites sink {names}",
-                         "expected each value to write a table or slice of its own when values run at once "
-                         f"(its {' or '.join(swept)} in the path, or in the replace_where predicate): the table "
-                         "would end with whichever value commits last. Run without --parallel (values commit in "
-                         "order, the last value's data stays)", sinks=[s.table or s.path for s in shared])
+    swept, values = _prepare(job, params, settings, parallel)
     ledger = Ledger(Layout.at(settings.root, settings.storage_options), settings.dead_after_seconds)
     if spark is None:
         if not (session.attached() or settings.remote):

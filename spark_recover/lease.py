@@ -283,7 +283,7 @@ def take_table(ledger: Ledger, run_id: str, table: str, commit: Callable[[int], 
     >>> take_table(ledger, run_id, "s3a://bucket/daily", lambda at: ledger.append(..., only_at=at))   # doctest: +SKIP
     """
     def free(version: int) -> None:
-        holder = table_writer(ledger.open_runs(logged="sink_planned", version=version), table, run_id)
+        holder = table_writer(ledger.sink_writers(version=version), table, run_id)
         if holder is not None:
             raise _TableBusy(holder)
 

@@ -453,12 +453,14 @@ class Ledger:
             else self._fold(self._rows(self._open(version)))
         return sorted((r for r in folded.values() if job is None or r.job == job), key=start_order)
 
-    def open_runs(self, *, logged: str, version: int | None = None) -> list[RunRecord]:
-        """The runs that logged event ``logged`` and have not finished (each with its logical run), as at ``version``.
+    def sink_writers(self, *, version: int | None = None) -> list[RunRecord]:
+        """The runs with a sink write planned and not yet written or failed, that have not finished
+        (each with its logical run), as at ``version``: who may hold a sink table's lease.
 
-        Two narrow columns of the whole ledger are scanned, then only those
-        runs are read: a sink table's lease costs what the open runs cost, not
-        the root's history. A ledger of an older release is read whole.
+        Two narrow columns of the whole ledger are scanned (run ids, event
+        names), then only those runs are read: an S3 sink's table lease costs
+        what the writes in flight cost, not the root's history. A ledger of an
+        older release is read whole.
         """
         import pyarrow.compute as pc
         import pyarrow.dataset as ds
@@ -466,10 +468,14 @@ class Ledger:
         table = self._open(version)
         if table is None or not _current(table):
             return self.runs(version=version)
-        rows = self._scan(table, ds.field("event").isin([logged, "run_finished"]), ["run_id", "event"])
-        logged_by = rows.filter(pc.equal(rows["event"], logged))["run_id"].unique()
-        finished = rows.filter(pc.equal(rows["event"], "run_finished"))["run_id"].unique()
-        open_ids = logged_by.filter(pc.invert(pc.is_in(logged_by, value_set=finished))).to_pylist()
+        ends = ["sink_written", "sink_failed", "run_finished"]
+        rows = self._scan(table, ds.field("event").isin(["sink_planned", *ends]), ["run_id", "event"])
+        # Per run: +1 a write planned, -1 one ended, and a finished run out whatever it planned. A retry
+        # that plans again only counts the run in (read, then judged by its record).
+        weight = pc.if_else(pc.equal(rows["event"], "sink_planned"), 1,
+                            pc.if_else(pc.equal(rows["event"], "run_finished"), -(1 << 40), -1))
+        per_run = pa.table({"run_id": rows["run_id"], "w": weight}).group_by("run_id").aggregate([("w", "sum")])
+        open_ids = per_run.filter(pc.greater(per_run["w_sum"], 0))["run_id"].to_pylist()
         return self.runs(run_ids=sorted(open_ids), version=version) if open_ids else []
 
     def logical_run(self, record: RunRecord) -> list[RunRecord]:

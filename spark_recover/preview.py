@@ -178,7 +178,7 @@ def preview(job: Job, params: Mapping[str, Any] | None = None, *, resume: bool =
         if refusal is not None:
             out.refusals.append(_refusal(refusal, "rerun"))
     targets = sinks.resolve_sinks(job, run_params, layout, settings.sink_root,
-                                        created=publication.created_tables(lineage))
+                                  created=publication.created_tables(lineage))
     if not (settings.remote or os.environ.get("SPARK_REMOTE")):  # the run would build its session: refused (2)
         publication.require_lasting_catalog([t.table for t in targets if t.target.catalog], settings.spark)
     refusal = lease.claim_refusal(ledger, job.name, key, new_run_id(), origin.run_id if origin else None)

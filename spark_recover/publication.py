@@ -31,8 +31,8 @@ from .fingerprint import digest
 from .history import RunRecord, StageRecord
 from .storage import Target, canonical, interval_days
 
-__all__ = ["Prior", "Decision", "app_id", "catalog_problem", "require_lasting_catalog", "priors", "data_identity", "decide",
-           "recovery_point", "taken_versions", "output_identity", "planned_output", "created_tables", "TXN_RETENTION",
+__all__ = ["Prior", "Decision", "app_id", "catalog_problem", "require_lasting_catalog", "priors", "data_identity",
+           "decide", "recovery_point", "taken_versions", "output_identity", "planned_output", "created_tables", "TXN_RETENTION",
            "writers", "txn_retention_warning", "check_txn_retention"]
 
 

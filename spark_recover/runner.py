@@ -184,7 +184,7 @@ def run_job(job: Job, params: Mapping[str, Any], *, root: str | None = None,
         if refusal is not None:
             raise refusal
     targets = sinks.resolve_sinks(job, ctx.params, ctx.layout, ctx.settings.sink_root,
-                                        created=publication.created_tables(lineage))
+                                  created=publication.created_tables(lineage))
     if spark is None and (session.attached() or ctx.settings.remote):
         spark = session.get_spark(ctx.settings)  # spark-submit made it, or a Connect server: cheap, says where we run
     elif spark is None:  # spark-recover builds the session (after the lease): refuse now what it cannot hold
@@ -471,10 +471,16 @@ def _publish(ctx: RunContext, spark, targets: list[SinkTarget], lineage: list[Ru
             def read(session):
                 return checkpoint.read_stage(session, data, ctx.layout)
 
+            def renew_session() -> str:  # a retry's server session is in the ledger before it runs
+                planned["merge_session"] = str(uuid.uuid4())
+                ctx.log("sink_planned", stage=st.sink.stage, detail=planned)
+                return planned["merge_session"]
+
             written = sinks.publish(spark, st, read, decision.app, decision.txn_version,
                                     {"run_id": ctx.run_id, "sink": st.table},
                                     merge_session=planned.get("merge_session"),
-                                    on_conflict=lambda said: ctx.say(f"  sink {st.table}: {said}"))
+                                    on_conflict=lambda said: ctx.say(f"  sink {st.table}: {said}"),
+                                    renew_session=renew_session)
         except Exception as exc:
             message = _first_line(exc)
             error = f"sink of stage {st.sink.stage!r} to {st.table} failed: {type(exc).__name__}: {message}"

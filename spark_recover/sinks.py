@@ -34,16 +34,17 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["SinkTarget", "resolve_sinks", "redirected", "scratch_schema", "redirected_table", "fill_predicate",
            "placeholders", "TableState", "table_state", "physical_uri", "publish", "isolated_session",
-           "txn_retention_warnings", "commit_tag", "write_conflict", "CONFLICT_ATTEMPTS"]
+           "txn_retention_warnings", "commit_tag", "conflict", "CONFLICT_ATTEMPTS"]
 
 _TXN_CONFS = ("spark.databricks.delta.write.txnAppId", "spark.databricks.delta.write.txnVersion",
               "spark.databricks.delta.commitInfo.userMetadata")
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
-# Delta's optimistic-concurrency refusals (class names, and error classes since Delta 3), and two writers
-# creating one catalog table: another commit came first, nothing of this write was committed.
-_CONFLICT = re.compile(r"Concurrent\w*Exception|MetadataChangedException|ProtocolChangedException|"
-                       r"DELTA_CONCURRENT_\w+|DELTA_METADATA_CHANGED|DELTA_PROTOCOL_CHANGED|"
-                       r"TableAlreadyExistsException|TABLE_OR_VIEW_ALREADY_EXISTS")
+# Delta's optimistic-concurrency refusals, by class and (Delta 3+) error class: another commit came first and
+# nothing of this write was committed. Not ConcurrentTransactionException (a second writer of the same txn).
+_CONFLICT = re.compile(r"\b(?:Concurrent(?:Append|DeleteRead|DeleteDelete|Write)Exception|MetadataChangedException|"
+                       r"ProtocolChangedException|DELTA_CONCURRENT_(?:APPEND|DELETE_READ|DELETE_DELETE|WRITE)|"
+                       r"DELTA_METADATA_CHANGED|DELTA_PROTOCOL_CHANGED)\b")
+_CREATED_ELSEWHERE = re.compile(r"\b(?:TableAlreadyExistsException|TABLE_OR_VIEW_ALREADY_EXISTS)\b")
 CONFLICT_ATTEMPTS = 6  # a write and its retries when other writers commit to the table first
 
 
@@ -272,7 +273,8 @@ def txn_retention_warnings(spark, targets: Sequence[SinkTarget], lineage: Sequen
 
 def publish(spark, sink: SinkTarget, read: Callable[[Any], Any], app: str, txn_version: int,
             metadata: Mapping[str, Any], merge_session: str | None = None,
-            on_conflict: Callable[[str], None] | None = None) -> dict[str, Any]:
+            on_conflict: Callable[[str], None] | None = None,
+            renew_session: Callable[[], str] | None = None) -> dict[str, Any]:
     """Write ``read(session)`` to the sink unless Delta already holds ``txn_version`` for ``app``.
 
     ``merge_session`` (Spark Connect): the id of the server session a MERGE, or the creation of a
@@ -281,51 +283,75 @@ def publish(spark, sink: SinkTarget, read: Callable[[Any], Any], app: str, txn_v
     concurrency: values of a parallel backfill sharing a table), the write is
     tried again, up to :data:`CONFLICT_ATTEMPTS` times, ``on_conflict`` told
     each time: safe, since each attempt first asks Delta whether ``txn_version``
-    is committed. (Not with ``merge_session``: a server session id is used once.)
+    is committed. A server session is used once, so under Spark Connect each
+    retry runs in a new one that ``renew_session`` gives (and records first);
+    without ``renew_session`` the conflict is raised.
     Returns ``version_before``, ``version_after`` and ``skipped_duplicate``.
     """
+    tag = json.dumps(dict(metadata), sort_keys=True)
+    first = state = table_state(spark, sink.target, app)
     for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+        if state.txn_version is not None and state.txn_version >= txn_version:
+            # Committed before this call (a replay's duplicate), or by an attempt whose error came after its commit.
+            return _published(sink, app, txn_version, first, state, skipped=attempt == 1)
+        creating = sink.target.catalog and not state.exists
         try:
-            return _publish_once(spark, sink, read, app, txn_version, json.dumps(dict(metadata), sort_keys=True),
-                                 merge_session)
+            _write(spark, sink, read, app, txn_version, tag, merge_session, exists=state.exists)
         except Exception as exc:
-            if merge_session is not None or attempt == CONFLICT_ATTEMPTS or not write_conflict(exc):
+            raced = conflict(exc, creating=creating)
+            if raced is None or attempt == CONFLICT_ATTEMPTS or (merge_session is not None and renew_session is None):
                 raise
             pause = min(8.0, 0.5 * 2 ** (attempt - 1)) * (0.5 + random.random())  # spread the retries apart
             if on_conflict is not None:
-                on_conflict(f"another writer committed to {sink.table} first ({_conflict_name(exc)}); "
-                            f"writing again in {pause:.1f}s (attempt {attempt + 1} of {CONFLICT_ATTEMPTS})")
+                on_conflict(f"another writer committed first ({raced}); writing again in {pause:.1f}s "
+                            f"(attempt {attempt + 1} of {CONFLICT_ATTEMPTS})")
             time.sleep(pause)
+            if merge_session is not None:
+                merge_session = renew_session()
+            state = table_state(spark, sink.target, app)
+            continue
+        after = table_state(spark, sink.target, app)
+        return _published(sink, app, txn_version, first, after, skipped=after.version == first.version)
     raise AssertionError("unreachable")  # the last attempt returns or raises
 
 
-def write_conflict(exc: BaseException) -> bool:
-    """Whether ``exc`` is Delta refusing a commit because another writer committed first (safe to write again).
+def conflict(exc: BaseException, *, creating: bool = False) -> str | None:
+    """The name of Delta's refusal when ``exc`` is a commit refused because another writer committed
+    first (nothing of this write is in the table: safe to write again), else ``None``.
 
-    >>> write_conflict(RuntimeError("[DELTA_CONCURRENT_APPEND] ConcurrentAppendException: Files were added"))
-    True
-    >>> write_conflict(RuntimeError("[DELTA_MERGE_MISSING_WHEN] ..."))
-    False
+    Creating a catalog table, another writer creating it first counts too. A
+    conflict on the transaction identifiers themselves does not: that is a
+    second writer of the same logical run, which must not pass unseen.
+
+    >>> conflict(RuntimeError("[DELTA_CONCURRENT_APPEND.WITHOUT_HINT] Files were added to the table"))
+    'DELTA_CONCURRENT_APPEND'
+    >>> conflict(RuntimeError(": io.delta.exceptions.ProtocolChangedException: multiple writers, empty directory"))
+    'ProtocolChangedException'
+    >>> [conflict(RuntimeError(said)) for said in ("java.util.ConcurrentModificationException",
+    ...     "[DELTA_MERGE_MISSING_WHEN]", "io.delta.exceptions.ConcurrentTransactionException",
+    ...     "[TABLE_OR_VIEW_ALREADY_EXISTS] db.t")]
+    [None, None, None, None]
+    >>> conflict(RuntimeError("[TABLE_OR_VIEW_ALREADY_EXISTS] db.t"), creating=True)
+    'TABLE_OR_VIEW_ALREADY_EXISTS'
     """
-    return _conflict_name(exc) is not None
-
-
-def _conflict_name(exc: BaseException) -> str | None:
-    found = _CONFLICT.search(f"{type(exc).__name__}: {exc}")
+    text = f"{type(exc).__name__}: {exc}"
+    found = _CONFLICT.search(text) or (_CREATED_ELSEWHERE.search(text) if creating else None)
     return found.group(0) if found else None
 
 
-def _publish_once(spark, sink: SinkTarget, read: Callable[[Any], Any], app: str, txn_version: int, tag: str,
-                  merge_session: str | None) -> dict[str, Any]:
-    target, mode = sink.target, sink.sink.mode
-    before = table_state(spark, target, app)
-    done = {"table": target.location, "mode": mode, "txn_app_id": app, "txn_version": txn_version,
-            "version_before": before.version}
-    if before.txn_version is not None and before.txn_version >= txn_version:
-        return {**done, "version_after": before.version, "skipped_duplicate": True}
-    if mode == "merge" and before.exists:
+def _published(sink: SinkTarget, app: str, txn_version: int, before: TableState, after: TableState, *,
+               skipped: bool) -> dict[str, Any]:
+    return {"table": sink.target.location, "mode": sink.sink.mode, "txn_app_id": app, "txn_version": txn_version,
+            "version_before": before.version, "version_after": after.version, "skipped_duplicate": skipped}
+
+
+def _write(spark, sink: SinkTarget, read: Callable[[Any], Any], app: str, txn_version: int, tag: str,
+           merge_session: str | None, *, exists: bool) -> None:
+    """One idempotent write of the sink (a MERGE into an existing table, else a write in the sink's mode)."""
+    target = sink.target
+    if sink.sink.mode == "merge" and exists:
         _merge(spark, sink, read, app, txn_version, tag, merge_session)
-    elif target.catalog and not before.exists:
+    elif target.catalog and not exists:
         # Creating a catalog table is a CREATE TABLE AS SELECT, which drops the userMetadata option (the
         # commit would look like another writer's to a rollback) but keeps the session conf: set it on a
         # session of the write's own.
@@ -335,9 +361,6 @@ def _publish_once(spark, sink: SinkTarget, read: Callable[[Any], Any], app: str,
         _writer(read(spark), sink, app, txn_version, tag).saveAsTable(target.location)
     else:
         _writer(read(spark), sink, app, txn_version, tag).save(spark_uri(target.location))
-    after = table_state(spark, target, app)
-    skipped = after.version == before.version  # Delta saw the txn version and wrote nothing
-    return {**done, "version_after": after.version, "skipped_duplicate": skipped}
 
 
 def _writer(df, sink: SinkTarget, app: str, txn_version: int, tag: str):

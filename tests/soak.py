@@ -8,9 +8,11 @@ Generates the test job's sources (the same 20,000 events as the suite), then
 runs ``spark-recover drill tests/jobs/sink_job.py --kills N --seed S --json``
 as a process of its own, with the suite's small Spark confs for every driver.
 Prints the drill's text report and keeps the JSON in ``bench/results/soak.json``.
-Then checks what the drill's verdict does not: the user's own tables were never
-written, and the drill's page (``--html``) shows the clean run's four stages in
-order on the driver's time axis, a kill mark per kill and every trial ok.
+Then checks what the drill's verdict does not: the kills and rollbacks really
+happened (most trials killed, not all in start-up, every run rolled back, some
+rollbacks killed midway), the user's own tables were never written, and the
+drill's page (``--html``) shows the clean run's four stages in order on the
+driver's time axis, a kill mark per kill and every trial ok.
 Exit code: the drill's (0 only if no row was lost, duplicated or extra), else 1
 if a check above failed.
 """
@@ -73,7 +75,7 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "soak.json").write_text(json.dumps(report, indent=2))
     problems = ([] if _versions(work / "out") == versions else ["the drill wrote the user's own tables"]) \
-        + _page_problems(report, (work / "drill.html").read_text())
+        + _drill_problems(report) + _page_problems(report, (work / "drill.html").read_text())
     for problem in problems:
         print(f"soak: FAILED: {problem}", file=sys.stderr)
     return proc.returncode or (1 if problems else 0)
@@ -97,6 +99,22 @@ class _Elements(html.parser.HTMLParser):
         self.found.append(dict(attrs))
 
 
+def _drill_problems(report: dict) -> list[str]:
+    """What the verdict does not check: that the kills and rollbacks the soak is for really happened."""
+    s, trials = report["summary"], report["trials"]
+    hit = {t["hit"].split()[0] for t in trials if t["kill_at"] is not None}
+    checks = {
+        f"only {s['kills']} of {s['trials']} trials killed (a kill may miss a run that ended early)":
+            s["kills"] >= s["trials"] // 2,
+        "every kill landed in start-up": len(trials) < 5 or bool(hit - {"start-up"}),
+        f"{s.get('rollbacks')} rollbacks for {s['trials']} trials": s.get("rollbacks") == s["trials"],
+        f"{s.get('rollback_kills')} rollbacks killed midway": s.get("rollback_kills", 0) >= s["trials"] // 5,
+        "a rollback took other than one attempt, plus one if it was killed": all(
+            t["rollback_attempts"] == 1 + (t["rollback_kill_at"] is not None) for t in trials),
+    }
+    return [f"drill: {said}" for said, ok in checks.items() if not ok]
+
+
 def _page_problems(report: dict, text: str) -> list[str]:
     """What is wrong with the drill's page: its stage bars, kill marks and trials against the report."""
     page = _Elements()
@@ -110,8 +128,8 @@ def _page_problems(report: dict, text: str) -> list[str]:
         "kill marks differ from the trials' kills": kills == [t["kill_at"] for t in report["trials"]
                                                               if t["kill_at"] is not None],
         f"trials marked {oks}": oks == ["true"] * len(report["trials"]),
-        "the clean run's stages overlap or start at 0 (the JVM's start-up comes first)": timeline[0]["start"] > 0
-        and all(a["start"] + a["seconds"] <= b["start"] + 1e-3 for a, b in zip(timeline, timeline[1:])),
+        "the clean run's stages overlap or start at 0 (the JVM's start-up comes first)": bool(timeline)
+        and timeline[0]["start"] > 0 and all(a["start"] + a["seconds"] <= b["start"] + 1e-3 for a, b in zip(timeline, timeline[1:])),
     }
     return [f"drill page: {said}" for said, ok in checks.items() if not ok]
 

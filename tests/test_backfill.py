@@ -169,12 +169,13 @@ def test_a_parallel_backfill_into_shared_tables_commits_each_value_once(spark, s
     assert [r["attempts"] for r in job.backfill_status(params, root=root)] == [1] * 6
 
 
-def test_a_parallel_backfill_of_a_table_every_value_overwrites_exits_2(recover_root, tmp_path):
+def test_a_parallel_backfill_of_a_table_two_values_overwrite_exits_2(recover_root, tmp_path):
     """The four-sink job overwrites region_totals whole for every day: at once, the last commit would win."""
     out = tmp_path / "out"
     done = run_cli("backfill", SINK_JOB, "--root", recover_root, "-p", "data=/nowhere", "-p", f"out={out}",
                    "-p", "day=0..3", "--parallel", "2", env={"JAVA_HOME": "/nonexistent"})
     assert done.returncode == 2, done.stdout + done.stderr
-    assert "every value overwrites sink" in done.stderr and "region_totals (overwrite" in done.stderr
-    assert "by_day" not in done.stderr.split("expected")[0]  # replace_where on {day}: a slice per value
+    assert "values day=0 and day=1 both overwrite sink" in done.stderr, done.stderr
+    assert "region_totals (overwrite, stage 'region_totals')" in done.stderr
+    assert "by_day" not in done.stderr  # replace_where on {day}: a slice per value
     assert not out.exists() and not (Path(recover_root) / "ledger").exists()

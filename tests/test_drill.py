@@ -60,7 +60,7 @@ from spark_recover import Job
 
 if os.environ.get("SPARK_RECOVER_SINK_ROOT"):  # only in the drill's driver processes
 
-    def publish_without_txn(spark, sink, read, app, txn_version, metadata, merge_session=None, on_conflict=None):
+    def publish_without_txn(spark, sink, read, app, txn_version, metadata, **_):
         # The bug under drill: an append without txnAppId/txnVersion, so a replay appends again.
         read(spark).write.format("delta").mode("append").save(sink.target.location)
         time.sleep(6)  # a slow commit hook: a kill now makes the resume replay the append

@@ -29,9 +29,10 @@ def _imports(path: Path) -> set[str]:
     """The package modules ``path`` imports anywhere (top level, functions, ``TYPE_CHECKING``)."""
     out: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if not isinstance(node, ast.ImportFrom):
-            continue
-        if node.level == 1 or (node.module or "").split(".")[0] == "spark_recover":
+        if isinstance(node, ast.Import):  # import spark_recover.x
+            out |= {alias.name.split(".")[1] for alias in node.names if alias.name.startswith("spark_recover.")}
+        elif isinstance(node, ast.ImportFrom) and (node.level == 1
+                                                   or (node.module or "").split(".")[0] == "spark_recover"):
             inner = (node.module or "").removeprefix("spark_recover").lstrip(".") if node.level == 0 else node.module
             out |= {inner.split(".")[0]} if inner else {alias.name for alias in node.names}
     return out - PACKAGE_METADATA
@@ -46,6 +47,10 @@ def test_every_module_has_a_layer():
 
 def test_imports_point_to_the_same_or_a_lower_layer():
     layer = {name: n for n, names in enumerate(LAYERS) for name in names}
-    upward = sorted((path.stem, target) for path in PACKAGE.glob("*.py") for target in _imports(path)
-                    if layer[target] > layer[path.stem] and (path.stem, target) not in FRONT_DOOR)
+    imports = {path.stem: _imports(path) for path in PACKAGE.glob("*.py")}
+    unknown = sorted((module, target) for module, targets in imports.items() for target in targets
+                     if target not in layer)
+    assert unknown == [], f"imports of names that are no module of the package (module, imported): {unknown}"
+    upward = sorted((module, target) for module, targets in imports.items() for target in targets
+                    if layer[target] > layer[module] and (module, target) not in FRONT_DOOR)
     assert upward == [], f"imports into a higher layer (module, imported): {upward}"

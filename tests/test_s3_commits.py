@@ -197,6 +197,18 @@ def test_the_table_lease_passes_when_the_writer_finishes_or_is_dead(tmp_path):
                      wait_seconds=0)
 
 
+def test_the_table_lease_reads_only_runs_with_a_write_in_flight(tmp_path):
+    ledger = Ledger(Layout.at(str(tmp_path / "root")))
+    for run_id, *after in [("wrote", "sink_written"), ("failed", "sink_failed"), ("ended", "run_finished"),
+                           ("open", "sink_written", "sink_planned")]:
+        _writing(ledger, run_id, this_process())
+        for n, event in enumerate(after):  # "open" wrote the daily table, then planned a second one
+            ledger.append(run_id, "backfill", event, stage="s", status="failed" if event == "run_finished" else None,
+                          detail={"table": f"{TABLE}{n or ''}"})
+    assert [r.run_id for r in ledger.sink_writers()] == ["open"]
+    assert lease.table_writer(ledger.sink_writers(), f"{TABLE}1", "me").run_id == "open"
+
+
 # -- two runs of a per-day backfill writing one S3 sink table, in one local-mode session ------------
 
 _BACKFILL_JOB = """
