@@ -35,11 +35,12 @@ test-cluster: $(STAMP)
 	$(BIN)/python -m pytest -m cluster -s -p no:cacheprovider tests/test_cluster.py tests/test_s3_commits.py
 
 # One Spark Connect server with Delta for the session; the tests' session and the job processes are its
-# clients: the Connect tests, and the sink, recovery, replay and retention tests again, through Connect.
+# clients: the Connect tests, and the sink, recovery, replay and retention tests again, through Connect, and a
+# parallel backfill into shared tables (its MERGE conflicts are retried in new server sessions).
 test-connect: $(STAMP)
 	$(BIN)/python -m pytest --connect -m "not soak and not cluster" -p no:cacheprovider \
 	  tests/test_connect.py tests/test_sinks.py tests/test_recovery.py tests/test_replay.py tests/test_retention.py \
-	  tests/test_session_settings.py
+	  tests/test_session_settings.py tests/test_backfill.py::test_a_parallel_backfill_into_shared_tables_commits_each_value_once
 
 # The compatibility matrix (tests/compat.py): spark-recover installed into environments that already hold
 # Spark 3.5 + delta-spark 3.3, Spark 4.0 + delta-spark 4.0, Spark 4.2.1 alone and Spark 4.3 (no Delta: refused),
