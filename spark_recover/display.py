@@ -133,8 +133,7 @@ def drill_table(report: Mapping[str, Any]) -> tuple[list[str], list[list[Any]]]:
     rows = [[t["number"], t["seed"], seconds_text(t["kill_at"]), t["hit"], t["resumes"], t["recovery_seconds"],
              t["recovery_ratio"], t["duplicates"], t["missing"], t["extra"],
              " ".join(str(n) for n in t["commits"].values()) or "-",
-             "ok" if not (t["error"] or t["duplicates"] or t["missing"] or t["extra"] or t["retry_wrote"]
-                          or t["commit_problems"])
+             "ok" if t["ok"]  # Trial.ok: the verdict's own rule (this copy had missed rollback_wrong_rows)
              else t["error"] or "; ".join(t["commit_problems"]) or "FAILED"] for t in report["trials"]]
     rollbacks = "rollbacks" in report["summary"]
     if rollbacks:
