@@ -26,7 +26,8 @@ from .history import RunRecord, iso
 from .ledger import Ledger
 from .storage import Layout
 
-__all__ = ["Bar", "Report", "bars", "figures", "report", "timeline_text", "timeline_html", "drill_html", "COLOURS"]
+__all__ = ["Bar", "Report", "bars", "figures", "report", "timeline_text", "timeline_html", "drill_html", "lane_layout",
+           "COLOURS"]
 
 #: The colour of each bar status (also the legend's).
 COLOURS = {"recomputed": "#1f77b4", "reused": "#2ca02c", "failed": "#d62728", "rolled_back": "#7f7f7f",
@@ -167,15 +168,42 @@ td,th{border:1px solid #ddd;padding:3px 8px;text-align:left;font-size:13px}
 """
 
 
-def _bar_html(bar: Bar, span: float, cursor: float) -> tuple[str, float]:
-    """A bar's HTML and where its lane's next bar may start (percent of the axis).
+def lane_layout(bars: Sequence[tuple[float, float]], *, span: float) -> list[tuple[float, float]]:
+    """Where a lane's bars go: ``(start, seconds)`` of each, in lane order, to ``(left, width)`` in percent of an
+    axis of ``span`` seconds.
 
     A bar too short to see (a reuse takes no time) is widened to
-    ``_MIN_BAR_PERCENT``, and a bar that would start under the previous one
-    moves right: the lane keeps its order, each title keeps the true times.
+    ``_MIN_BAR_PERCENT`` (less when a lane has too many bars to fit), a bar that
+    would start under the previous one moves right, and bars pushed past the
+    axis's end move back left, none under the one before: every bar is inside
+    the axis, in lane order, and none overlaps another. The titles keep the true times.
+
+    >>> lane_layout([(0.0, 7.0), (8.0, 0.0), (8.0, 2.0)], span=10.0)  # the reuse widened, the last bar moved back
+    [(0.0, 70.0), (78.5, 1.5), (80.0, 20.0)]
     """
-    width = max(_MIN_BAR_PERCENT, 100 * bar.seconds / span)
-    left = min(max(100 * bar.start / span, cursor), 100 - width)
+    if not bars:
+        return []
+    least = min(_MIN_BAR_PERCENT, 100 / len(bars))
+    widths = [max(least, 100 * seconds / span) for _, seconds in bars]
+    if sum(widths) > 100:  # the widening cannot fit: every bar gives up its share
+        widths = [w * 100 / sum(widths) for w in widths]
+    lefts, cursor = [], 0.0
+    for (start, _), width in zip(bars, widths):
+        lefts.append(max(100 * start / span, cursor))
+        cursor = lefts[-1] + width
+    limit = 100.0
+    for n in reversed(range(len(lefts))):
+        lefts[n] = min(lefts[n], limit - widths[n])
+        limit = lefts[n]
+    return list(zip(lefts, widths))
+
+
+def _lane_html(lane: Sequence[Bar], span: float) -> str:
+    return "".join(_bar_html(bar, left, width)
+                   for bar, (left, width) in zip(lane, lane_layout([(b.start, b.seconds) for b in lane], span=span)))
+
+
+def _bar_html(bar: Bar, left: float, width: float) -> str:
     title = (f"{bar.stage}: {bar.status}, {bar.seconds:.2f} s"
              + (f", {bar.rows:,} rows" if bar.rows is not None else "")
              + (f", version {bar.version}" if bar.version is not None else "")
@@ -183,7 +211,7 @@ def _bar_html(bar: Bar, span: float, cursor: float) -> tuple[str, float]:
     return (f'<div class="bar" data-stage="{html.escape(bar.stage)}" data-status="{bar.status}" '
             f'data-attempt="{bar.attempt}" title="{html.escape(title)}" '
             f'style="left:{left:.3f}%;width:{width:.3f}%;background:{COLOURS[bar.status]}">'
-            f'{html.escape(bar.stage)}</div>'), left + width
+            f'{html.escape(bar.stage)}</div>')
 
 
 def timeline_html(runs: Sequence[RunRecord]) -> str:
@@ -197,10 +225,7 @@ def timeline_html(runs: Sequence[RunRecord]) -> str:
         labels[0] = ("rollback", "rollback")
     lanes = []
     for n, (key, label) in labels.items():
-        inner, cursor = "", 0.0
-        for bar in (b for b in all_bars if b.attempt == n):
-            html_bar, cursor = _bar_html(bar, span, cursor)
-            inner += html_bar
+        inner = _lane_html([b for b in all_bars if b.attempt == n], span)
         lanes.append(f'<div class="lane" data-run="{html.escape(key)}"><div class="label" '
                      f'title="{html.escape(label)}">{html.escape(label)}</div><div class="track">{inner}</div></div>')
     legend = "".join(f'<span><i style="background:{c}"></i>{s.replace("_", " ")}</span>' for s, c in COLOURS.items())
@@ -230,11 +255,8 @@ def drill_html(report: Mapping[str, Any]) -> str:
     says what was hit and how the recovery went), the trials' table, the figures and the verdict."""
     timeline, trials = report.get("clean_timeline") or [], report["trials"]
     span = max([report["clean_seconds"], 1e-3] + [t["kill_at"] for t in trials if t["kill_at"] is not None])
-    clean, cursor = "", 0.0
-    for stage in timeline:
-        bar = Bar(0, "clean", stage["stage"], "recomputed", stage["start"], stage["seconds"], None, stage["rows"], None)
-        html_bar, cursor = _bar_html(bar, span, cursor)
-        clean += html_bar
+    clean = _lane_html([Bar(0, "clean", stage["stage"], "recomputed", stage["start"], stage["seconds"], None,
+                            stage["rows"], None) for stage in timeline], span)
     lanes = [f'<div class="lane" data-run="clean"><div class="label">clean run ({report["clean_seconds"]:.1f} s)'
              f'</div><div class="track">{clean}</div></div>']
     for t in trials:

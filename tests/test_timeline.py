@@ -11,7 +11,7 @@ from spark_recover.history import fold
 from spark_recover.ledger import Ledger
 from spark_recover.storage import Layout
 from spark_recover.testing import run_cli
-from spark_recover.timeline import COLOURS, bars, figures, timeline_html, timeline_text
+from spark_recover.timeline import COLOURS, bars, figures, lane_layout, timeline_html, timeline_text
 
 DATA = Path(__file__).parent / "data"
 _T0 = dt.datetime(2026, 11, 1, 6, 0, tzinfo=dt.timezone.utc)
@@ -90,3 +90,18 @@ def test_the_report_command_reads_a_logical_run_from_any_of_its_runs(tmp_path):
     assert refused.returncode == 2 and "is a folder" in refused.stderr
     unknown = run_cli("report", "nope", "--root", root)
     assert unknown.returncode != 0 and "unknown run id 'nope'" in unknown.stderr
+
+
+def test_a_lanes_bars_stay_in_order_inside_the_axis_and_never_overlap():
+    # Seen in CI: a resume's two reuses (widened) pushed past the start of its long last-but-one stage, which was then
+    # clamped back under them to fit the axis: two bars at the same x. Here, the figures of such a resume.
+    resume = [(28.3, 0.0), (28.31, 0.0), (28.4, 10.4), (38.9, 0.7)]
+    lanes = [resume, [(0.0, 0.0)] * 80, [(0.0, 10.0), (10.0, 30.0)], [(5.0, 0.0), (39.6, 0.0)]]
+    for lane in lanes:
+        placed = lane_layout(lane, span=39.6)
+        assert len(placed) == len(lane)
+        assert all(w > 0 and 0 <= left and left + w <= 100 + 1e-9 for left, w in placed), placed
+        assert all(a[0] + a[1] <= b[0] + 1e-9 for a, b in zip(placed, placed[1:])), placed  # in order, no overlap
+    long_stage = lane_layout(resume, span=39.6)[2]
+    assert abs(long_stage[1] - 100 * 10.4 / 39.6) < 1e-9  # a stage that took time keeps its true width
+    assert lane_layout([(0.0, 10.0), (10.0, 30.0)], span=40.0) == [(0.0, 25.0), (25.0, 75.0)]  # nothing to adjust
