@@ -51,6 +51,7 @@ def test_drill_damage_cases_are_recomputed_or_refused_plainly(spark, source_data
 
 BROKEN_JOB = '''
 import os
+import sys
 import time
 
 from pyspark.sql import functions as F
@@ -63,7 +64,10 @@ if os.environ.get("SPARK_RECOVER_SINK_ROOT"):  # only in the drill's driver proc
     def publish_without_txn(spark, sink, read, app, txn_version, metadata, **_):
         # The bug under drill: an append without txnAppId/txnVersion, so a replay appends again.
         read(spark).write.format("delta").mode("append").save(sink.target.location)
-        time.sleep(6)  # a slow commit hook: a kill now makes the resume replay the append
+        # A slow commit hook: a kill now makes the resume replay the append. The clean run's (root .../clean)
+        # sets where the kill lands; a trial's lasts until the kill, however fast its driver; a resume's is short.
+        time.sleep(2 if "--resume" in sys.argv else 8 if sys.argv[sys.argv.index("--root") + 1].endswith("/clean")
+                   else 600)
         return {"table": sink.table, "mode": "append", "txn_app_id": None, "txn_version": None,
                 "version_before": None, "version_after": None, "skipped_duplicate": False}
 
@@ -84,13 +88,14 @@ job.sink("numbers", path="{out}/numbers", mode="append")
 def test_drill_of_a_broken_sink_fails_and_names_the_seed(recover_root, tmp_path):
     job_file = tmp_path / "broken_job.py"
     job_file.write_text(BROKEN_JOB)
-    # Seed 0 kills at 84% of the clean run: after the append committed, inside the slow hook.
+    # Seed 0 kills at 84% of the clean run: after the append committed (8 s of the clean run's hook and what
+    # follows it came after), inside the trial's slow hook.
     result = run_cli("drill", str(job_file), "-p", f"out={tmp_path / 'out'}", "--kills", "1", "--seed", "0",
                      "--root", recover_root, "--json")
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads(result.stdout)
     [trial] = report["trials"]
-    assert trial["hit"] == "sink numbers" and trial["duplicates"] == 50, trial
+    assert trial["hit"] == "sink numbers" and trial["duplicates"] == 50, (trial, report["clean_timeline"])
     assert report["verdict"] == "FAIL: trial 1 (reproduce with --seed 0 --kills 1)" and report["failing_seed"] == 0
     assert not (tmp_path / "out").exists()
 

@@ -58,7 +58,8 @@ def test_failpoint_in_middle_stage_then_resume(spark, small_job, source_data, cl
     assert metrics["recovery_seconds"] > 0 and metrics["recovery_ratio"] > 0
 
 
-def test_sigkill_at_random_moment_then_resume(spark, small_job, source_data, clean_outputs, recover_root):
+def test_sigkill_at_random_moment_then_resume(spark, small_job, source_data, clean_outputs, recover_root,
+                                              tmp_path):
     seen = {}
 
     def inspect_live(run):
@@ -68,16 +69,21 @@ def test_sigkill_at_random_moment_then_resume(spark, small_job, source_data, cle
             out = run_cli(*args, "--root", recover_root, env=NO_JAVA)
             seen[args[0]] = (out.returncode, json.loads(out.stdout), time.monotonic() - started)
         # ... and `plan` says a run now would be refused, naming the live holder.
-        out = run_cli("plan", SMALL_JOB, "-p", f"data={source_data}", "-p", "pause_seconds=5", "--json",
+        out = run_cli("plan", SMALL_JOB, *[a for k, v in params.items() for a in ("-p", f"{k}={v}")], "--json",
                       "--root", recover_root, env=no_jvm_env())
         seen["plan"] = (out.returncode, json.loads(out.stdout) if out.stdout.strip() else out.stderr)
 
     # Kill at a random moment (seeded: reproducible) once two stages are checkpointed, so the kill lands
-    # mid-run with work to reuse; the third stage holds 5 s, so the live checks and the kill land before the end.
+    # mid-run with work to reuse; the third stage holds while the hold file exists, so the live checks and the
+    # kill land inside it however slow the checks are (the resume, with the file gone, does not wait).
     delay = random.Random(7).uniform(0.0, 1.0)
-    killed = kill_during(SMALL_JOB, root=recover_root, params={"data": str(source_data), "pause_seconds": "5"},
+    hold = tmp_path / "hold"
+    hold.touch()
+    params = {"data": str(source_data), "pause_seconds": "300", "hold": str(hold)}
+    killed = kill_during(SMALL_JOB, root=recover_root, params=params,
                          when=lambda run: sum(s.status == "succeeded" for s in run.stages.values()) >= 2,
                          delay=delay, while_running=inspect_live)
+    hold.unlink()
     assert killed.killed, killed.stderr
     code, shown, _ = seen["show"]
     assert code == 0 and shown["status"] == "running"
@@ -90,7 +96,7 @@ def test_sigkill_at_random_moment_then_resume(spark, small_job, source_data, cle
     record = json.loads(after.stdout)
     assert record["status"] == "failed" and "died" in record["error"]
     done = [s["name"] for s in record["stages"] if s["status"] == "succeeded"]
-    assert 2 <= len(done) < len(STAGES), done  # killed mid-run, not before or after it
+    assert done == STAGES[:2], done  # killed mid-run, in the held third stage
 
     result = small_job.resume(killed.run_id, root=recover_root, spark=spark, echo=False)
     _check_recovered(spark, result, clean_outputs)

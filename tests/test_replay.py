@@ -9,6 +9,7 @@ identifiers never reach another write; a change in an imported module is seen.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -302,6 +303,8 @@ def test_a_changed_helper_module_is_seen_on_resume(spark, recover_root, tmp_path
                                                             echo=False)
     assert failed.status == "failed"
     helpers.write_text("def scale(df):\n    return df.selectExpr('id * 3 AS id')\n")  # the fix, in the helper
+    # Same size, maybe the same second: Python would take this process's cached bytecode for the new source.
+    os.utime(helpers, (os.stat(helpers).st_mtime + 5,) * 2)
     resumed = run_cli("resume", failed.run_id, "-p", "fail=no", "--root", recover_root)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "scaled  started: recomputed because module sibling_helpers.py changed" in resumed.stdout

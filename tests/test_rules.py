@@ -143,7 +143,7 @@ def test_simultaneous_claims_have_exactly_one_winner(tmp_path):
     procs = [subprocess.Popen([sys.executable, "-c", CLAIMS, str(tmp_path), str(t0), f"run{i}", str(trials),
                                str(period)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i in range(3)]
-    outs = [p.communicate(timeout=120) for p in procs]
+    outs = [p.communicate(timeout=600) for p in procs]  # what is tested is one winner, not speed
     assert [p.returncode for p in procs] == [0, 0, 0], [err[-2000:] for _, err in outs]
     said = {(k, f"run{i}"): rest for i, (out, _) in enumerate(outs)
             for k, _, rest in (line.partition(" ") for line in out.splitlines())}

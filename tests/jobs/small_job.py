@@ -1,8 +1,11 @@
 """A small five-stage job used by the test suite (sources made by tests/conftest.py).
 
-``-p pause_seconds=N`` holds stage ``daily`` N seconds on the driver: a window for a test to kill the run mid-way.
+``-p pause_seconds=N`` holds stage ``daily`` N seconds on the driver: a window for a test to kill the run mid-way;
+with ``-p hold=FILE`` it holds only while ``FILE`` exists (at most N seconds), so the window does not depend on
+the machine's speed.
 """
 
+import os
 import time
 
 from pyspark.sql import Window
@@ -30,7 +33,9 @@ def enriched(cleaned, stores):
 @job.stage
 def daily(enriched, params):
     threshold = float(params.get("threshold", "0"))
-    time.sleep(float(params.get("pause_seconds", "0")))
+    until = time.monotonic() + float(params.get("pause_seconds", "0"))
+    while time.monotonic() < until and (not params.get("hold") or os.path.exists(params["hold"])):
+        time.sleep(0.1)
     return (enriched.where(F.col("amount") >= threshold)
             .groupBy("region", "store_id", "day").agg(F.sum("amount").alias("total"),
                                                       F.count("*").alias("orders")))
