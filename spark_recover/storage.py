@@ -373,7 +373,7 @@ class Target(Storage):
 
 
 _PROBE_WRITERS = 4  # writers racing to create one commit file, per round
-_PROBE_ROUNDS = 5  # rounds until one race reached the store (a loser's create refused by the store itself)
+_PROBE_ROUNDS = 30  # rounds until one race reached the store (a loser's create refused by the store itself)
 _verified_roots: set[str] = set()  # in this process: one marker read per root, not one per lease
 
 
