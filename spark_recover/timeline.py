@@ -185,8 +185,9 @@ def lane_layout(bars: Sequence[tuple[float, float]], *, span: float) -> list[tup
         return []
     least = min(_MIN_BAR_PERCENT, 100 / len(bars))
     widths = [max(least, 100 * seconds / span) for _, seconds in bars]
-    if sum(widths) > 100:  # the widening cannot fit: every bar gives up its share
-        widths = [w * 100 / sum(widths) for w in widths]
+    total = sum(widths)
+    if total > 100:  # the widening cannot fit: every bar gives up its share
+        widths = [w * 100 / total for w in widths]
     lefts, cursor = [], 0.0
     for (start, _), width in zip(bars, widths):
         lefts.append(max(100 * start / span, cursor))
